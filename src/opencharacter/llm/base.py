@@ -99,6 +99,10 @@ class ConnectionFailed(TransientError):
 
     reason = "connection"
 
+    def __init__(self, message: str, retry_after: float | None = None, connect_failed: bool = False) -> None:
+        super().__init__(message, retry_after)
+        self.connect_failed = connect_failed  # True: never connected (vs. dropped mid-request)
+
 
 class BadRequest(LLMError):
     """The server refused this one request (HTTP 400/413/422): retrying it cannot help."""

@@ -1,0 +1,97 @@
+"""`run.json`: what a run did, with what settings and versions — never an API key."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from opencharacter.engine.store import dumps, iter_jsonl, read_ids
+
+_VERSIONED = ("opencharacter", "aiohttp", "pydantic", "jinja2", "transformers", "torch", "trl", "peft")
+_SECRET_HINTS = ("key", "token", "secret", "password", "authorization")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def scrub(settings: dict[str, Any]) -> dict[str, Any]:
+    """Drop anything that looks like a secret value; names of environment variables are kept."""
+    clean: dict[str, Any] = {}
+    for key, value in settings.items():
+        lowered = key.lower()
+        if any(h in lowered for h in _SECRET_HINTS) and not lowered.endswith("_env"):
+            continue
+        clean[key] = scrub(value) if isinstance(value, dict) else value
+    return clean
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def update_manifest(run_dir: Path, stage: str, stage_info: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    """Merge one stage's figures into `run.json`, keeping the other stages' entries."""
+    path = run_dir / "run.json"
+    manifest: dict[str, Any] = {}
+    if path.exists():
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            manifest = {}
+    manifest.setdefault("created", now())
+    manifest["updated"] = now()
+    manifest["command"] = [os.path.basename(sys.argv[0]), *sys.argv[1:]]
+    manifest["versions"] = package_versions()
+    manifest.setdefault("stages", {})[stage] = {**stage_info, "settings": scrub(settings)}
+    stages = manifest["stages"].values()
+    manifest["totals"] = {
+        "requests": sum(s.get("requests", 0) for s in stages),
+        "prompt_tokens": sum(s.get("prompt_tokens", 0) for s in stages),
+        "completion_tokens": sum(s.get("completion_tokens", 0) for s in stages),
+        "cost_usd": round(sum(s.get("cost_usd", 0.0) for s in stages), 6),
+        "failed": sum(s.get("failed_now", s.get("failed", 0)) for s in stages),
+    }
+    write_json_atomic(path, manifest)
+    return manifest
+
+
+def compact_failures(failures_path: Path, stage: str, results_path: Path, id_field: str) -> int:
+    """Keep one (the latest) failure per task, and none for tasks that have since succeeded.
+
+    Returns how many of `stage`'s tasks are still failed.
+    """
+    if not failures_path.exists():
+        return 0
+    done = read_ids(results_path, id_field)
+    latest: dict[tuple[str, str], dict[str, Any]] = {}
+    for record in iter_jsonl(failures_path):
+        key = (str(record.get("stage")), str(record.get("task_id")))
+        if key[0] == stage and key[1] in done:
+            continue
+        latest.pop(key, None)  # keep insertion order of the latest occurrence
+        latest[key] = record
+    tmp = failures_path.with_suffix(".jsonl.tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for record in latest.values():
+            f.write(dumps(record) + "\n")
+    os.replace(tmp, failures_path)
+    return sum(1 for (s, _) in latest if s == stage)

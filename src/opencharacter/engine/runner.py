@@ -188,16 +188,18 @@ async def run_stage(
     settings: EngineSettings | None = None,
     total: int | None = None,
     progress: bool = True,
+    stats: StageStats | None = None,
 ) -> StageStats:
     """Run every task whose id is not yet in `results_path`; append records and failures.
 
     Resuming is running the same call again: finished ids are skipped before any request is made.
     Raises `FatalError` (after saving everything finished) when nothing can work, and propagates
-    cancellation (Ctrl-C) after closing the files cleanly; `stats.status` says which.
+    cancellation (Ctrl-C) after closing the files cleanly; `stats` (pass your own to keep it when
+    an exception propagates) says which in `status`.
     """
     settings = settings or EngineSettings()
     done = read_ids(results_path, id_field)
-    stats = StageStats(stage=stage, total=total or 0, already_done=0)
+    stats = stats or StageStats(stage=stage, total=total or 0)
 
     def pending() -> Iterator[Task]:
         seen: set[str] = set()
@@ -210,7 +212,6 @@ async def run_stage(
             seen.add(task.task_id)
             yield task
 
-    # Count what is already done up front so that the bar starts at the right place.
     pending_iter = pending()
     started = time.monotonic()
     results = JsonlAppender(results_path)

@@ -1,0 +1,138 @@
+"""Dialogues stage: (character, question) → an in-character answer.
+
+`generate` (OpenCharacter-G) writes a new answer from the profile; `rewrite` (OpenCharacter-R)
+re-voices the question's original answer, keeping its knowledge. The record's `messages` hold
+the training sample exactly as a trained model will be served: system prompt, question, answer.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from opencharacter.engine.runner import InvalidOutput, Task
+from opencharacter.io.readers import InputError
+from opencharacter.llm.base import ChatRequest, Completion
+from opencharacter.pipelines.pairing import pair_with_characters
+from opencharacter.prompts import Prompts, build_system_prompt
+from opencharacter.records import Character, Dialogue, DialogueStrategy, Question, TokenUsage, dialogue_id_for
+
+STAGE = "dialogues"
+RESULTS_FILE = "dialogues.jsonl"
+ID_FIELD = "dialogue_id"
+
+
+def load_characters(path: Path) -> list[Character]:
+    """All characters of a `characters.jsonl` (they are the small side: ~2 KB each)."""
+    if not path.exists():
+        raise InputError(str(path), None, "no such characters file (run `opencharacter profiles` first)")
+    characters: list[Character] = []
+    seen: set[str] = set()
+    with path.open(encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                character = Character.model_validate(json.loads(line))
+            except json.JSONDecodeError as exc:
+                if not line.endswith("\n"):
+                    continue  # a torn last line from a crash: that profile will be redone
+                raise InputError(str(path), line_no, f"invalid JSON ({exc.msg})") from exc
+            except ValidationError as exc:
+                raise InputError(str(path), line_no, f"not a character record: {exc.errors()[0]['msg']} at {exc.errors()[0]['loc']}") from exc
+            if not character.character.strip():
+                raise InputError(str(path), line_no, "empty character profile")
+            if character.character_id not in seen:
+                seen.add(character.character_id)
+                characters.append(character)
+    return characters
+
+
+@dataclass
+class QuestionCounter:
+    seen: int = 0
+    duplicates: int = 0
+    without_answer: int = 0  # rewrite needs an original answer; these are reported, not silently dropped
+
+
+def usable_questions(questions: Iterable[Question], strategy: DialogueStrategy, counter: QuestionCounter) -> Iterator[Question]:
+    seen: set[str] = set()
+    for question in questions:
+        counter.seen += 1
+        if question.question_id in seen:
+            counter.duplicates += 1
+            continue
+        seen.add(question.question_id)
+        if strategy is DialogueStrategy.REWRITE and not question.answer:
+            counter.without_answer += 1
+            continue
+        yield question
+
+
+def build_tasks(
+    questions: Iterable[Question],
+    characters: list[Character],
+    strategy: DialogueStrategy,
+    prompts: Prompts,
+    *,
+    per_question: int,
+    seed: int,
+    temperature: float,
+    max_tokens: int,
+) -> Iterator[Task]:
+    by_id = {c.character_id: c for c in characters}
+    template = strategy.value
+    for question, character_ids in pair_with_characters(questions, list(by_id), per_question, seed):
+        for character_id in character_ids:
+            character = by_id[character_id]
+            prompt = prompts.render(
+                template, persona=character.persona, character=character.character,
+                question=question.question, answer=question.answer or "",
+            )
+            yield Task(
+                task_id=dialogue_id_for(character_id, question.question_id, strategy.value),
+                request=ChatRequest(messages=[{"role": "user", "content": prompt}], temperature=temperature, max_tokens=max_tokens),
+                meta={"character_id": character_id, "question_id": question.question_id,
+                      "question": question.question, "question_source": question.source},
+            )
+
+
+def make_parser(characters: list[Character], strategy: DialogueStrategy, prompts: Prompts, model_name: str):
+    by_id = {c.character_id: c for c in characters}
+
+    def parse(task: Task, completion: Completion) -> dict:
+        answer = clean_answer(completion.text)
+        if not answer:
+            raise InvalidOutput("empty answer")
+        character = by_id[task.meta["character_id"]]
+        record = Dialogue(
+            dialogue_id=task.task_id,
+            character_id=character.character_id,
+            question_id=task.meta["question_id"],
+            question=task.meta["question"],
+            question_source=task.meta["question_source"],
+            character_answer=answer,
+            strategy=strategy,
+            messages=[
+                {"role": "system", "content": build_system_prompt(character.persona, character.character, prompts)},
+                {"role": "user", "content": task.meta["question"]},
+                {"role": "assistant", "content": answer},
+            ],
+            model=completion.model or model_name,
+            usage=TokenUsage(prompt_tokens=completion.usage.prompt_tokens, completion_tokens=completion.usage.completion_tokens),
+        )
+        return record.model_dump(mode="json")
+
+    return parse
+
+
+def clean_answer(text: str) -> str:
+    """Strip what models wrap replies in despite being asked not to: whitespace and one pair of quotes."""
+    answer = text.strip()
+    if len(answer) >= 2 and answer[0] == answer[-1] and answer[0] in "\"'" and answer.count(answer[0]) == 2:
+        answer = answer[1:-1].strip()
+    return answer

@@ -46,7 +46,8 @@ def _to_str(value: Any) -> Any:
     return value
 
 
-Text = Annotated[str, BeforeValidator(_to_str), StringConstraints(strip_whitespace=True, min_length=1)]
+# The BeforeValidator must come last to wrap the constraints (pydantic applies Annotated items in order).
+Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1), BeforeValidator(_to_str)]
 
 # (field name, label in the paper's layout), in the paper's order.
 PROFILE_FIELDS: tuple[tuple[str, str], ...] = (

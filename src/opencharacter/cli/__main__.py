@@ -1,0 +1,3 @@
+from opencharacter.cli import main
+
+main()

@@ -1,0 +1,245 @@
+"""What every evaluation suite shares: stages run through the engine, judges, dry runs, records.
+
+A suite is "build tasks from inputs" + "parse completions into records", like a synthesis stage. It
+runs each stage through `run_stage` (so it resumes, retries, records failures, shows progress and
+counts cost), compacts `failures.jsonl` and writes the stage's figures into `run.json`. Later stages
+are built from the records of earlier ones, read back from disk, so a resumed run and a fresh run
+build exactly the same tasks.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from opencharacter.engine.manifest import compact_failures, update_manifest
+from opencharacter.engine.runner import (
+    EngineSettings,
+    ParseFn,
+    StageStats,
+    Task,
+    estimate_prompt_tokens,
+    run_stage,
+)
+from opencharacter.engine.store import iter_jsonl, read_ids
+from opencharacter.io.readers import InputError
+from opencharacter.llm.base import ChatModel, ChatRequest, FatalError
+from opencharacter.llm.factory import build_model
+
+ANSWERS = "answers.jsonl"
+JUDGEMENTS = "judgements.jsonl"
+FAILURES = "failures.jsonl"
+
+
+def fill(template: str, values: Mapping[str, str], source: str = "template") -> str:
+    """Fill `{name}` placeholders of a benchmark's text file in one pass.
+
+    Not `str.format`: the files may hold other braces, and a value (an answer that quotes
+    "{persona}") must reach the judge literally, never be substituted again. Every name in `values`
+    must occur in the template, so a renamed placeholder is an error naming the file, not a prompt
+    silently missing the answer.
+    """
+    missing = [name for name in values if "{" + name + "}" not in template]
+    if missing:
+        raise InputError(source, None, f"placeholder(s) {', '.join('{' + m + '}' for m in missing)} not found")
+    pattern = re.compile(r"\{(" + "|".join(re.escape(name) for name in values) + r")\}")
+    return pattern.sub(lambda m: values[m.group(1)], template)
+
+
+def load_records(path: Path, id_field: str) -> dict[str, dict[str, Any]]:
+    """Records of a results file by id (the latest wins; a torn last line is skipped)."""
+    return {str(r[id_field]): r for r in iter_jsonl(path) if id_field in r}
+
+
+def guard_same_model(out: Path, model: str, **expected: Any) -> None:
+    """Refuse to mix two models' answers in one folder: resume only continues the same run."""
+    for record in iter_jsonl(out / ANSWERS):
+        if record.get("model") != model:
+            raise FatalError(
+                f"{out} holds answers of model {record.get('model')!r}, not {model!r}: "
+                "use another --out (then compare the two with `opencharacter eval compare`)"
+            )
+        for key, value in expected.items():
+            if key in record and record[key] != value:
+                raise FatalError(
+                    f"{out} holds answers made with {key}={record[key]!r}, not {value!r}: use another --out"
+                )
+        return
+
+
+@dataclass
+class JudgeOptions:
+    """The judges: each one grades every answer. Served by the model's URL unless `base_url` is set."""
+
+    models: list[str]
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    temperature: float = 0.0
+    max_tokens: int = 2048
+    concurrency: int | None = None
+    price_in: float = 0.0
+    price_out: float = 0.0
+    timeout: float = 120.0
+
+    def build(self, name: str, fallback_url: str | None, fallback_key_env: str) -> ChatModel:
+        url = self.base_url or fallback_url
+        key_env = self.api_key_env if self.base_url else fallback_key_env
+        return build_model(name, backend="openai", base_url=url, api_key_env=key_env, timeout=self.timeout)
+
+    def request(self, messages: list[dict[str, str]]) -> ChatRequest:
+        return ChatRequest(messages=messages, temperature=self.temperature, max_tokens=self.max_tokens)
+
+
+@dataclass
+class PlannedStage:
+    """One line of a dry run: what a stage would cost if run now."""
+
+    stage: str
+    model: str
+    calls: int
+    done: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float
+    first_prompt: str = ""
+
+
+@dataclass
+class ModelSlot:
+    """A model a suite calls, built on first use, so a dry run builds, loads and keys nothing."""
+
+    name: str
+    factory: Callable[[], ChatModel]
+    engine: EngineSettings
+
+
+@dataclass
+class EvalRun:
+    """Runs a suite's stages into `out`, or (dry run) only counts them.
+
+    `models` is keyed by role ("model", "judge:NAME"), so a model judging itself is two slots.
+    """
+
+    out: Path
+    settings: dict[str, Any]
+    models: dict[str, ModelSlot]
+    dry_run: bool = False
+    progress: bool = True
+    console: Console = field(default_factory=lambda: Console(stderr=True))
+    plan: list[PlannedStage] = field(default_factory=list)
+    stats: dict[str, StageStats] = field(default_factory=dict)
+    _built: dict[str, ChatModel] = field(default_factory=dict)
+
+    def model(self, slot: str) -> ChatModel:
+        if slot not in self._built:
+            self._built[slot] = self.models[slot].factory()
+        return self._built[slot]
+
+    async def aclose(self) -> None:
+        for model in self._built.values():
+            await model.aclose()
+        self._built.clear()
+
+    async def stage(self, stage: str, slot: str, tasks: Iterable[Task], parse: ParseFn, results: str,
+                    id_field: str) -> StageStats | None:
+        """Run (or, in a dry run, count) one stage; returns its stats, None in a dry run."""
+        tasks = list(tasks)
+        engine = self.models[slot].engine
+        model = self.models[slot].name
+        results_path = self.out / results
+        if self.dry_run:
+            done_ids = read_ids(results_path, id_field)
+            todo = [t for t in tasks if t.task_id not in done_ids]
+            prompt = sum(estimate_prompt_tokens(t.request) for t in todo)
+            completion = sum(t.request.max_tokens for t in todo)
+            first = todo[0].request.messages if todo else []
+            self.plan.append(PlannedStage(
+                stage, model, len(tasks), len(tasks) - len(todo), prompt, completion,
+                (prompt * engine.price_in + completion * engine.price_out) / 1e6,
+                "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in first),
+            ))
+            return None
+        self.out.mkdir(parents=True, exist_ok=True)
+        failures = self.out / FAILURES
+        info: dict[str, Any] = {"status": "failed", "model": model}
+        try:
+            stats = await run_stage(
+                self.model(slot), tasks, parse, stage=stage, results_path=results_path,
+                failures_path=failures, id_field=id_field, settings=engine, total=len(tasks),
+                progress=self.progress,
+            )
+            info = {**stats.as_dict(), "model": model}
+            self.stats[stage] = stats
+            return stats
+        except BaseException as exc:
+            info["status"] = "interrupted" if not isinstance(exc, Exception) else "failed"
+            raise
+        finally:
+            info["failed_now"] = compact_failures(failures, stage, results_path, id_field)
+            update_manifest(self.out, stage, info, self.settings)
+
+    def print_plan(self, note: str = "") -> None:
+        """The dry run's table: calls per stage, tokens and cost (upper bounds: see the note)."""
+        table = Table(title="Dry run: model calls per stage (nothing was called)")
+        for column in ("stage", "model", "calls", "already done", "to run", "prompt tok (est.)",
+                       "completion tok (max)", "cost USD (max)"):
+            table.add_column(column, justify="left" if column in ("stage", "model") else "right")
+        for p in self.plan:
+            table.add_row(p.stage, p.model, f"{p.calls:,}", f"{p.done:,}", f"{p.calls - p.done:,}",
+                          f"{p.prompt_tokens:,}", f"{p.completion_tokens:,}", f"{p.cost:.4f}")
+        calls = sum(p.calls for p in self.plan)
+        todo = sum(p.calls - p.done for p in self.plan)
+        table.add_row("total", "", f"{calls:,}", f"{calls - todo:,}", f"{todo:,}",
+                      f"{sum(p.prompt_tokens for p in self.plan):,}",
+                      f"{sum(p.completion_tokens for p in self.plan):,}",
+                      f"{sum(p.cost for p in self.plan):.4f}", style="bold")
+        self.console.print(table)
+        self.console.print(
+            "Prompt tokens are estimated at ~4 characters a token; text that later stages read but "
+            "earlier stages have not written yet (answers, score examples) is counted at its max tokens, "
+            "and completions at max tokens, so tokens and cost are upper bounds." + (f" {note}" if note else "")
+        )
+        for p in self.plan:
+            if p.first_prompt:
+                self.console.print(f"\n[bold]First prompt of stage {p.stage}:[/]")
+                self.console.print(p.first_prompt[:3000], markup=False, highlight=False)
+                break
+
+    def failed_counts(self, task_ids: set[str] | None = None) -> dict[str, int]:
+        """Tasks still failed per stage (of `task_ids`, if given: this run's plan), from `failures.jsonl`."""
+        counts: dict[str, int] = {}
+        for record in iter_jsonl(self.out / FAILURES):
+            if task_ids is not None and record.get("task_id") not in task_ids:
+                continue
+            stage = str(record.get("stage"))
+            counts[stage] = counts.get(stage, 0) + 1
+        return counts
+
+
+def placeholder_text(max_tokens: int) -> str:
+    """Stands in for not-yet-written text in a dry run: as long as it can be (4 chars a token)."""
+    return "x" * (4 * max_tokens)
+
+
+def mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean and population standard deviation (0 for a single value); (None, None) for none."""
+    if not values:
+        return None, None
+    mean = sum(values) / len(values)
+    variance = sum((v - mean) ** 2 for v in values) / len(values)
+    return mean, variance**0.5
+
+
+def summary(values: list[float]) -> dict[str, Any]:
+    mean, std = mean_std(values)
+    return {"mean": _round(mean), "std": _round(std), "n": len(values)}
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)

@@ -198,3 +198,10 @@ def test_cli_export_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
         assert message in " ".join(result.output.split())
     result = runner.invoke(app, ["export", str(tmp_path / "run"), "--out", str(tmp_path / "o.jsonl"), "--format", "alpaca"])
     assert result.exit_code == 2  # typer rejects an unknown --format
+
+
+def test_cli_export_unwritable_output(tmp_path: Path) -> None:
+    make_run(tmp_path / "run")
+    (tmp_path / "blocker").write_text("a file, not a folder", encoding="utf-8")
+    result = runner.invoke(app, ["export", str(tmp_path / "run"), "--out", str(tmp_path / "blocker" / "o.jsonl")])
+    assert result.exit_code == 1 and "error:" in result.output and "blocker" in result.output

@@ -56,6 +56,8 @@ def export_command(
                             on_progress=lambda rows: status.update(f"exporting… {rows:,} rows"))
     except (InputError, ExportError) as exc:
         raise fail(str(exc)) from None
+    except OSError as exc:  # unwritable --out, disk full: say which file, not a traceback
+        raise fail(f"{exc.filename or out}: {exc.strerror or exc}") from None
     out_console.print(f"[green]Wrote {result.rows:,} rows[/] ({result.format.value}, {output_kind(out)}) → {result.path}",
                       highlight=False)
     if result.dataset_info:
@@ -80,6 +82,8 @@ def stats_command(
         stats = compute_stats(run)
     except InputError as exc:
         raise fail(str(exc)) from None
+    except OSError as exc:
+        raise fail(f"{exc.filename or run}: {exc.strerror or exc}") from None
     if as_json:
         typer.echo(json.dumps(stats, indent=2, ensure_ascii=False))
     else:

@@ -21,6 +21,7 @@ from rich.table import Table
 from opencharacter.engine.manifest import compact_failures, update_manifest
 from opencharacter.engine.runner import (
     EngineSettings,
+    InvalidOutput,
     ParseFn,
     StageStats,
     Task,
@@ -31,6 +32,7 @@ from opencharacter.engine.store import iter_jsonl, read_ids
 from opencharacter.io.readers import InputError
 from opencharacter.llm.base import ChatModel, ChatRequest, FatalError
 from opencharacter.llm.factory import build_model
+from opencharacter.records import stable_id
 
 ANSWERS = "answers.jsonl"
 JUDGEMENTS = "judgements.jsonl"
@@ -243,3 +245,56 @@ def summary(values: list[float]) -> dict[str, Any]:
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """A scripted multi-turn conversation: the user's turns are fixed, the model answers each in order."""
+
+    conversation_id: str
+    turns: tuple[str, ...]
+    system: str | None = None
+    fields: tuple[tuple[str, Any], ...] = ()  # copied into every answer record (question_id, role, ...)
+
+    def answer_id(self, turn: int) -> str:
+        return stable_id("turn-answer", self.conversation_id, str(turn))
+
+
+async def answer_turns(run: EvalRun, conversations: list[Conversation], model: str, temperature: float,
+                       max_tokens: int) -> dict[str, dict[str, Any]]:
+    """One stage per turn (`answers:turnN`): turn N is asked once turns 1..N-1 have answers.
+
+    Returns the answer records by id (in a dry run, stand-ins as long as an answer can be).
+    """
+    by_id = {c.answer_id(t): (c, t) for c in conversations for t in range(1, len(c.turns) + 1)}
+    answers = {} if run.dry_run else load_records(run.out / ANSWERS, "answer_id")
+
+    def parse(task: Task, completion: Any) -> dict[str, Any]:
+        text = completion.text.strip()
+        if not text:
+            raise InvalidOutput("empty answer")
+        conv, turn = by_id[task.task_id]
+        return {"answer_id": task.task_id, "conversation_id": conv.conversation_id, **dict(conv.fields),
+                "turn": turn, "question": conv.turns[turn - 1], "answer": text, "model": model}
+
+    for turn in range(1, max((len(c.turns) for c in conversations), default=0) + 1):
+        tasks = []
+        for conv in conversations:
+            if turn > len(conv.turns):
+                continue
+            before = [answers.get(conv.answer_id(t)) for t in range(1, turn)]
+            if None in before and not run.dry_run:
+                continue  # an earlier turn failed: that failure is on record, this turn cannot be asked
+            messages = [{"role": "system", "content": conv.system}] if conv.system else []
+            for t, said in enumerate(before, start=1):
+                text = said["answer"] if said else placeholder_text(max_tokens)
+                messages += [{"role": "user", "content": conv.turns[t - 1]}, {"role": "assistant", "content": text}]
+            messages.append({"role": "user", "content": conv.turns[turn - 1]})
+            tasks.append(Task(conv.answer_id(turn), ChatRequest(messages, temperature, max_tokens),
+                              {"conversation_id": conv.conversation_id, "turn": turn}))
+        await run.stage(f"answers:turn{turn}", "model", tasks, parse, ANSWERS, "answer_id")
+        if not run.dry_run:
+            answers = load_records(run.out / ANSWERS, "answer_id")
+    if run.dry_run:
+        return {aid: {"answer": placeholder_text(max_tokens)} for aid in by_id}
+    return {aid: a for aid, a in answers.items() if aid in by_id}

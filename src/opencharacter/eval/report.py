@@ -61,8 +61,9 @@ def write_report(out: Path, scores: dict[str, Any], chart: Path | None, digits: 
     parts = [
         f"# {scores.get('title', scores['suite'])}: {scores.get('model', '')}",
         "",
-        f"Judges: {', '.join(scores.get('judges') or []) or 'none'}. Scale: {scores.get('scale')}. "
-        "Cells are mean ± standard deviation.",
+        f"Judges: {', '.join(scores.get('judges') or []) or 'none'}."
+        + (f" Scale: {scores['scale'][0]}-{scores['scale'][1]}." if scores.get("scale") else "")
+        + " Cells are mean ± standard deviation.",
         "",
         markdown_table(header, rows),
         "",
@@ -91,7 +92,7 @@ def write_report(out: Path, scores: dict[str, Any], chart: Path | None, digits: 
     return path
 
 
-def _figure(width: float, height: float) -> Any:
+def figure(width: float, height: float) -> Any:
     """A bare Agg figure: no pyplot, so no display backend and no global state (and a faster import)."""
     try:
         from matplotlib.figure import Figure
@@ -100,16 +101,12 @@ def _figure(width: float, height: float) -> Any:
     return Figure(figsize=(width, height))
 
 
-def bar_chart(path: Path, title: str, metrics: list[str], series: dict[str, list[float | None]],
+def draw_bars(ax: Any, title: str, metrics: list[str], series: dict[str, list[float | None]],
               errors: dict[str, list[float | None]] | None = None, scale: tuple[float, float] | None = None,
-              ylabel: str = "score") -> Path | None:
-    """Grouped bars: one group per metric, one bar per series. None when matplotlib is missing."""
+              ylabel: str = "score") -> None:
+    """Grouped bars on `ax`: one group per metric, one bar per series, std as error bars."""
     names = list(series)
-    fig = _figure(min(12.0, 2.0 + len(metrics) * (0.5 + 0.3 * len(names))), 4.5)
-    if fig is None:
-        return None
     width = 0.8 / max(1, len(names))
-    ax = fig.subplots()
     for i, name in enumerate(names):
         xs = [m + (i - (len(names) - 1) / 2) * width for m in range(len(metrics))]
         heights = [v if v is not None else 0.0 for v in series[name]]
@@ -125,9 +122,19 @@ def bar_chart(path: Path, title: str, metrics: list[str], series: dict[str, list
     if scale is not None:
         ax.set_ylim(0, scale[1] * 1.1)
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10)
     if len(names) > 1:
         ax.legend(fontsize=8)
+
+
+def bar_chart(path: Path, title: str, metrics: list[str], series: dict[str, list[float | None]],
+              errors: dict[str, list[float | None]] | None = None, scale: tuple[float, float] | None = None,
+              ylabel: str = "score") -> Path | None:
+    """A PNG of grouped bars. None when matplotlib is missing."""
+    fig = figure(min(12.0, 2.0 + len(metrics) * (0.5 + 0.3 * len(series))), 4.5)
+    if fig is None:
+        return None
+    draw_bars(fig.subplots(), title, metrics, series, errors, scale, ylabel)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return path

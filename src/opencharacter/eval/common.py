@@ -18,25 +18,17 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from opencharacter.engine.manifest import compact_failures, update_manifest
-from opencharacter.engine.runner import (
-    EngineSettings,
-    InvalidOutput,
-    ParseFn,
-    StageStats,
-    Task,
-    estimate_prompt_tokens,
-    run_stage,
-)
-from opencharacter.engine.store import iter_jsonl, read_ids
+from opencharacter.engine.runner import EngineSettings, InvalidOutput, ParseFn, StageStats, Task
+from opencharacter.engine.store import iter_jsonl
 from opencharacter.io.readers import InputError
 from opencharacter.llm.base import ChatModel, ChatRequest, FatalError
 from opencharacter.llm.factory import build_model
+from opencharacter.pipelines.stage import FAILURES_FILE, StagePlan, estimate, execute
 from opencharacter.records import stable_id
 
 ANSWERS = "answers.jsonl"
 JUDGEMENTS = "judgements.jsonl"
-FAILURES = "failures.jsonl"
+FAILURES = FAILURES_FILE
 
 
 def fill(template: str, values: Mapping[str, str], source: str = "template") -> str:
@@ -150,41 +142,25 @@ class EvalRun:
 
     async def stage(self, stage: str, slot: str, tasks: Iterable[Task], parse: ParseFn, results: str,
                     id_field: str) -> StageStats | None:
-        """Run (or, in a dry run, count) one stage; returns its stats, None in a dry run."""
+        """Run (or, in a dry run, count) one stage; returns its stats, None in a dry run.
+
+        The same `pipelines.stage` helpers as synthesis: compacted failures and run.json either way.
+        """
         tasks = list(tasks)
+        plan = StagePlan(stage, results, id_field, lambda: iter(tasks), parse, len(tasks))
         engine = self.models[slot].engine
         model = self.models[slot].name
-        results_path = self.out / results
         if self.dry_run:
-            done_ids = read_ids(results_path, id_field)
-            todo = [t for t in tasks if t.task_id not in done_ids]
-            prompt = sum(estimate_prompt_tokens(t.request) for t in todo)
-            completion = sum(t.request.max_tokens for t in todo)
-            first = todo[0].request.messages if todo else []
+            e = estimate(plan, self.out if self.out.exists() else None)
             self.plan.append(PlannedStage(
-                stage, model, len(tasks), len(tasks) - len(todo), prompt, completion,
-                (prompt * engine.price_in + completion * engine.price_out) / 1e6,
-                "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in first),
+                stage, model, e.calls + e.already_done, e.already_done, e.prompt_tokens, e.max_completion_tokens,
+                e.cost(engine), e.first_prompt or "",
             ))
             return None
-        self.out.mkdir(parents=True, exist_ok=True)
-        failures = self.out / FAILURES
-        info: dict[str, Any] = {"status": "failed", "model": model}
-        try:
-            stats = await run_stage(
-                self.model(slot), tasks, parse, stage=stage, results_path=results_path,
-                failures_path=failures, id_field=id_field, settings=engine, total=len(tasks),
-                progress=self.progress,
-            )
-            info = {**stats.as_dict(), "model": model}
-            self.stats[stage] = stats
-            return stats
-        except BaseException as exc:
-            info["status"] = "interrupted" if not isinstance(exc, Exception) else "failed"
-            raise
-        finally:
-            info["failed_now"] = compact_failures(failures, stage, results_path, id_field)
-            update_manifest(self.out, stage, info, self.settings)
+        stats = await execute(plan, self.model(slot), self.out, engine, {**self.settings, "stage_model": model},
+                              self.progress)
+        self.stats[stage] = stats
+        return stats
 
     def print_plan(self, note: str = "") -> None:
         """The dry run's table: calls per stage, tokens and cost (upper bounds: see the note)."""

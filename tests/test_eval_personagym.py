@@ -177,7 +177,10 @@ def test_own_characters_with_generated_questions(data: Path, tmp_path: Path) -> 
         # The saved questions are found again without --generate-questions: nothing to do.
         again = invoke(*args, "--base-url", server.base_url)
         assert again.exit_code == 0, again.output
+        dry = invoke(*args, "--generate-questions", "--questions-per-task", "2", "--dry-run")
         assert server.request_count == 0
+    total = next(line for line in dry.output.splitlines() if "total" in line).split("│")
+    assert [c.strip() for c in total[3:6]] == ["72", "72", "0"]  # calls, already done, to run
     saved = json.loads((out / "questions" / "c-ada.json").read_text())
     assert list(saved) == list(TASKS) and all(len(v) == 2 for v in saved.values())
     assert json.loads((out / "scores.json").read_text())["counts"]["personas"] == 2

@@ -98,10 +98,9 @@ async def generate_questions(bench: Benchmark, personas: list[Persona], tasks: l
         for sid, p in settings_ids.items()
     ]
     await run.stage("question_settings", slot, settings_tasks, parse_settings, SETTINGS_FILE, "settings_id")
+    chosen = {r["persona_id"]: r["settings"] for r in load_records(out / SETTINGS_FILE, "settings_id").values()}
     if run.dry_run:
-        chosen = {p.persona_id: ["x" * 20] * SETTINGS_TO_PICK for p in personas}
-    else:
-        chosen = {r["persona_id"]: r["settings"] for r in load_records(out / SETTINGS_FILE, "settings_id").values()}
+        chosen = {p.persona_id: chosen.get(p.persona_id, ["x" * 20] * SETTINGS_TO_PICK) for p in personas}
 
     set_ids = {stable_id("personagym-questions", p.persona_id, task, str(count)): (p, task)
                for p in personas for task in tasks}
@@ -123,11 +122,13 @@ async def generate_questions(bench: Benchmark, personas: list[Persona], tasks: l
     ]
     await run.stage("questions", slot, question_tasks, parse_questions, QUESTIONS_FILE, "question_set_id")
 
-    if run.dry_run:  # stand-in questions, so the later stages can be counted
-        for p in personas:
-            bench.questions[p.persona_id] = {t: [placeholder_text(60)] * count for t in tasks}
-        return
     sets = load_records(out / QUESTIONS_FILE, "question_set_id")
+    if run.dry_run:  # what exists already, stand-ins for the rest, so the later stages can be counted
+        for p in personas:
+            bench.questions[p.persona_id] = {
+                task: sets[qid]["questions"] if qid in sets else [placeholder_text(60)] * count
+                for qid, (q, task) in set_ids.items() if q.persona_id == p.persona_id}
+        return
     folder = out / "questions"
     folder.mkdir(parents=True, exist_ok=True)
     for p in personas:

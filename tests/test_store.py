@@ -13,7 +13,7 @@ def test_appender_cuts_a_torn_last_line_before_appending(tmp_path: Path) -> None
     assert read_ids(path, "id") == {"a"}
     with JsonlAppender(path) as out:
         out.append({"id": "c"})
-    assert path.read_text() == '{"id": "a", "x": 1}\n{"id": "c"}\n'
+    assert path.read_text() == '{"id": "a", "x": 1}\n{"id":"c"}\n'
     assert [r["id"] for r in iter_jsonl(path)] == ["a", "c"]
 
 
@@ -31,7 +31,7 @@ def test_read_ids_falls_back_to_json_when_the_id_is_not_first(tmp_path: Path) ->
 
 
 def test_compact_failures_keeps_latest_and_drops_succeeded(tmp_path: Path) -> None:
-    failures, results = tmp_path / "failures.jsonl", tmp_path / "r.jsonl"
+    failures = tmp_path / "failures.jsonl"
     rows = [
         {"task_id": "a", "stage": "s", "reason": "timeout"},
         {"task_id": "b", "stage": "s", "reason": "timeout"},
@@ -39,8 +39,7 @@ def test_compact_failures_keeps_latest_and_drops_succeeded(tmp_path: Path) -> No
         {"task_id": "b", "stage": "other", "reason": "timeout"},
     ]
     failures.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    results.write_text('{"id": "b"}\n')
-    assert compact_failures(failures, "s", results, "id") == 1
+    assert compact_failures(failures, "s", {"b"}) == 1
     kept = list(iter_jsonl(failures))
     assert [(r["task_id"], r["stage"], r["reason"]) for r in kept] == [("a", "s", "invalid_output"), ("b", "other", "timeout")]
 

@@ -27,6 +27,7 @@ class Prompts:
             undefined=jinja2.StrictUndefined,
             keep_trailing_newline=False,
             autoescape=False,
+            auto_reload=False,  # templates do not change during a run: skip a stat() per render
         )
 
     def render(self, name: str, **variables: Any) -> str:

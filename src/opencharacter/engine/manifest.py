@@ -11,19 +11,25 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from opencharacter.engine.store import dumps, iter_jsonl, read_ids
+from opencharacter.engine.store import dumps, iter_jsonl
 
 _VERSIONED = ("opencharacter", "aiohttp", "pydantic", "jinja2", "transformers", "torch", "trl", "peft")
 _SECRET_HINTS = ("key", "token", "secret", "password", "authorization")
 
 
 def package_versions() -> dict[str, str]:
+    """Versions of the packages this process actually uses (imported ones: cheap, and what matters)."""
     versions = {"python": platform.python_version()}
     for name in _VERSIONED:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
+        module = sys.modules.get(name)
+        version = getattr(module, "__version__", None) or getattr(module, "VERSION", None)
+        if module is not None and not version:
+            try:
+                version = metadata.version(name)
+            except metadata.PackageNotFoundError:
+                continue
+        if version:
+            versions[name] = str(version)
     return versions
 
 
@@ -74,14 +80,13 @@ def update_manifest(run_dir: Path, stage: str, stage_info: dict[str, Any], setti
     return manifest
 
 
-def compact_failures(failures_path: Path, stage: str, results_path: Path, id_field: str) -> int:
-    """Keep one (the latest) failure per task, and none for tasks that have since succeeded.
+def compact_failures(failures_path: Path, stage: str, done: set[str]) -> int:
+    """Keep one (the latest) failure per task, and none for tasks (ids in `done`) that since succeeded.
 
     Returns how many of `stage`'s tasks are still failed.
     """
-    if not failures_path.exists():
+    if not failures_path.exists() or failures_path.stat().st_size == 0:
         return 0
-    done = read_ids(results_path, id_field)
     latest: dict[tuple[str, str], dict[str, Any]] = {}
     for record in iter_jsonl(failures_path):
         key = (str(record.get("stage")), str(record.get("task_id")))

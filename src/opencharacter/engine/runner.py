@@ -127,7 +127,7 @@ class _Run:
     async def run_one(self, task: Task) -> None:
         settings = self.settings
         attempts = 0
-        estimate = estimate_prompt_tokens(task.request) + task.request.max_tokens
+        estimate = estimate_prompt_tokens(task.request) + task.request.max_tokens if self.settings.tpm else 0
         while True:
             attempts += 1
             await self.limiter.acquire(estimate)

@@ -7,16 +7,18 @@ reopened, and that task simply runs again.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+import orjson
+
 
 def dumps(record: Any) -> str:
-    return json.dumps(record, ensure_ascii=False, separators=(", ", ": "))
+    """One compact JSON line (orjson: several times faster than json on the hot path)."""
+    return orjson.dumps(record).decode("utf-8")
 
 
 def repair_torn_tail(path: Path) -> int:
@@ -56,8 +58,8 @@ def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
             if not line.strip():
                 continue
             try:
-                yield json.loads(line)
-            except json.JSONDecodeError:
+                yield orjson.loads(line)
+            except orjson.JSONDecodeError:
                 continue
 
 
@@ -66,7 +68,7 @@ def read_ids(path: Path, id_field: str) -> set[str]:
     ids: set[str] = set()
     if not path.exists():
         return ids
-    prefix = re.compile(r'^\{"' + re.escape(id_field) + r'": "([^"\\]+)"')
+    prefix = re.compile(r'^\{"' + re.escape(id_field) + r'":\s*"([^"\\]+)"')
     with path.open("r", encoding="utf-8") as f:
         for line in f:
             match = prefix.match(line)
@@ -74,8 +76,8 @@ def read_ids(path: Path, id_field: str) -> set[str]:
                 ids.add(match.group(1))
                 continue
             try:
-                value = json.loads(line).get(id_field)
-            except (json.JSONDecodeError, AttributeError):
+                value = orjson.loads(line).get(id_field)
+            except (orjson.JSONDecodeError, AttributeError):
                 continue
             if isinstance(value, str):
                 ids.add(value)

@@ -9,11 +9,11 @@ client overhead is the ceiling on a small machine talking to a fast local server
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import orjson
 
 from opencharacter.llm.base import (
     BadRequest,
@@ -122,7 +122,7 @@ class OpenAICompatibleModel:
     async def _post(self, body: dict[str, Any]) -> dict[str, Any]:
         url = f"{self.base_url}/chat/completions"
         try:
-            async with self._get_session().post(url, json=body) as response:
+            async with self._get_session().post(url, data=orjson.dumps(body)) as response:
                 raw = await response.read()
                 if response.status != 200:
                     _raise_for_status(response.status, raw, response.headers, self)
@@ -133,15 +133,15 @@ class OpenAICompatibleModel:
         except asyncio.TimeoutError as exc:
             raise RequestTimeout(f"no answer from {self.base_url} within {self.timeout:g}s") from exc
         try:
-            return json.loads(raw)
-        except ValueError as exc:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
             raise ServerError(f"invalid JSON body from server: {raw[:200]!r}") from exc
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[str]:
         """Yield content deltas as the server sends them (server-sent events)."""
         url = f"{self.base_url}/chat/completions"
         try:
-            async with self._get_session().post(url, json=self._body(request, stream=True)) as response:
+            async with self._get_session().post(url, data=orjson.dumps(self._body(request, stream=True))) as response:
                 if response.status != 200:
                     _raise_for_status(response.status, await response.read(), response.headers, self)
                 async for line in response.content:
@@ -151,7 +151,7 @@ class OpenAICompatibleModel:
                     payload = line[5:].strip()
                     if payload == b"[DONE]":
                         break
-                    chunk = json.loads(payload)
+                    chunk = orjson.loads(payload)
                     for choice in chunk.get("choices") or []:
                         piece = (choice.get("delta") or {}).get("content")
                         if piece:

@@ -19,7 +19,7 @@ from opencharacter.io.readers import InputError
 from opencharacter.llm.base import ChatRequest, Completion
 from opencharacter.pipelines.pairing import pair_with_characters
 from opencharacter.prompts import Prompts, build_system_prompt
-from opencharacter.records import Character, Dialogue, DialogueStrategy, Question, TokenUsage, dialogue_id_for
+from opencharacter.records import Character, DialogueStrategy, Question, dialogue_id_for
 
 STAGE = "dialogues"
 RESULTS_FILE = "dialogues.jsonl"
@@ -103,29 +103,36 @@ def build_tasks(
 
 def make_parser(characters: list[Character], strategy: DialogueStrategy, prompts: Prompts, model_name: str):
     by_id = {c.character_id: c for c in characters}
+    system_prompts: dict[str, str] = {}  # rendered once per character, not once per dialogue
 
     def parse(task: Task, completion: Completion) -> dict:
         answer = clean_answer(completion.text)
         if not answer:
             raise InvalidOutput("empty answer")
-        character = by_id[task.meta["character_id"]]
-        record = Dialogue(
-            dialogue_id=task.task_id,
-            character_id=character.character_id,
-            question_id=task.meta["question_id"],
-            question=task.meta["question"],
-            question_source=task.meta["question_source"],
-            character_answer=answer,
-            strategy=strategy,
-            messages=[
-                {"role": "system", "content": build_system_prompt(character.persona, character.character, prompts)},
+        character_id = task.meta["character_id"]
+        system = system_prompts.get(character_id)
+        if system is None:
+            character = by_id[character_id]
+            system = system_prompts[character_id] = build_system_prompt(character.persona, character.character, prompts)
+        # A plain dict in the field order of `Dialogue` (the id first, for fast resume): this runs
+        # once per record, and the values are ours, so a pydantic round trip would only cost time.
+        return {
+            "dialogue_id": task.task_id,
+            "character_id": character_id,
+            "question_id": task.meta["question_id"],
+            "question": task.meta["question"],
+            "question_source": task.meta["question_source"],
+            "character_answer": answer,
+            "strategy": strategy.value,
+            "messages": [
+                {"role": "system", "content": system},
                 {"role": "user", "content": task.meta["question"]},
                 {"role": "assistant", "content": answer},
             ],
-            model=completion.model or model_name,
-            usage=TokenUsage(prompt_tokens=completion.usage.prompt_tokens, completion_tokens=completion.usage.completion_tokens),
-        )
-        return record.model_dump(mode="json")
+            "model": completion.model or model_name,
+            "usage": {"prompt_tokens": completion.usage.prompt_tokens,
+                      "completion_tokens": completion.usage.completion_tokens},
+        }
 
     return parse
 

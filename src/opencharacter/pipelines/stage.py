@@ -85,8 +85,9 @@ async def execute(
             progress=progress, stats=stats,
         )
     finally:
-        still_failed = compact_failures(failures_path, plan.name, results_path, plan.id_field)
-        info = {**stats.as_dict(), "records": len(read_ids(results_path, plan.id_field)),
+        done = read_ids(results_path, plan.id_field)
+        still_failed = compact_failures(failures_path, plan.name, done)
+        info = {**stats.as_dict(), "records": len(done),
                 "failed_now": still_failed, "inputs": plan.notes, "output": plan.results_file}
         update_manifest(run_dir, plan.name, info, run_settings)
 

@@ -8,6 +8,7 @@ judges are served by `--base-url` unless `--judge-base-url` is given.
 from __future__ import annotations
 
 from collections.abc import Coroutine
+from dataclasses import fields
 from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
@@ -76,6 +77,11 @@ def _judges(judge: list[str] | None, base_url: str | None, api_key_env: str, tem
         raise fail("give at least one --judge MODEL")
     unique = list(dict.fromkeys(judge))
     return JudgeOptions(unique, base_url, api_key_env, temperature, max_tokens, concurrency, price_in, price_out, timeout)
+
+
+def _model_options(params: dict[str, Any]) -> ModelOptions:
+    """ModelOptions from a command's parameters, by field name (robust to new fields)."""
+    return ModelOptions(**{f.name: params[f.name] for f in fields(ModelOptions) if f.name in params})
 
 
 def _make_run(out: Path, opts: ModelOptions, judges: JudgeOptions | None, settings: dict[str, Any],
@@ -199,8 +205,7 @@ def personagym(
         raise fail("--generate-questions writes questions for --characters FILE; the benchmark has its own")
     judges = _judges(judge, judge_base_url, judge_api_key_env, judge_temperature, judge_max_tokens,
                      judge_concurrency, judge_price_in, judge_price_out, timeout)
-    opts = ModelOptions(model, base_url, backend, api_key_env, temperature, max_tokens, batch_size, concurrency, rpm,
-                        tpm, max_retries, timeout, dry_run, price_in, price_out, progress)
+    opts = _model_options(locals())
     try:
         tasks = check_tasks(task)
         personas = None
@@ -276,8 +281,7 @@ def mtbench_roleplay(
 
     judges = _judges(judge, judge_base_url, judge_api_key_env, judge_temperature, judge_max_tokens,
                      judge_concurrency, judge_price_in, judge_price_out, timeout)
-    opts = ModelOptions(model, base_url, backend, api_key_env, temperature, max_tokens, batch_size, concurrency, rpm,
-                        tpm, max_retries, timeout, dry_run, price_in, price_out, progress)
+    opts = _model_options(locals())
     try:
         bench = load_mtbench(data, category, limit)
     except InputError as exc:
@@ -332,8 +336,7 @@ def rolebench(
 
     if system_prompt not in SYSTEM_PROMPTS:
         raise fail(f"--system-prompt must be one of: {', '.join(SYSTEM_PROMPTS)}")
-    opts = ModelOptions(model, base_url, backend, api_key_env, temperature, max_tokens, batch_size, concurrency, rpm,
-                        tpm, max_retries, timeout, dry_run, price_in, price_out, progress)
+    opts = _model_options(locals())
     try:
         items = load_rolebench(data, limit)
         descriptions = load_profiles(profiles) if profiles else {}
@@ -391,8 +394,7 @@ def roleplay_judge(
 
     judges = _judges(judge, judge_base_url, judge_api_key_env, judge_temperature, judge_max_tokens,
                      judge_concurrency, judge_price_in, judge_price_out, timeout)
-    opts = ModelOptions(model, base_url, backend, api_key_env, temperature, max_tokens, batch_size, concurrency, rpm,
-                        tpm, max_retries, timeout, dry_run, price_in, price_out, progress)
+    opts = _model_options(locals())
     try:
         records = load_records_file(data, limit)
     except InputError as exc:

@@ -570,6 +570,8 @@ def finish(bench: Benchmark, cfg: PersonaGymConfig, run: EvalRun, items: list[It
             "average: each answer's scores averaged over the judges first, then aggregated as for one judge.",
             "Failed tasks (unreadable verdicts after retries, errors) are not counted as any score.",
             f"Score examples were written by {cfg.judges[0]} and shown to every judge.",
+            *([] if list(cfg.tasks) == list(TASKS) else
+              [f"Only {', '.join(cfg.tasks)}: PersonaScore here averages these tasks, not all five."]),
         ],
         "personas": agg["personas"],
     })

@@ -92,13 +92,15 @@ def chart(comparison: dict[str, Any], path: Path) -> Path | None:
     if fig is None:
         return None
     axes = fig.subplots(1, len(suites), squeeze=False, gridspec_kw={"width_ratios": widths})[0]
+    colors = {label: f"C{i % 10}" for i, label in enumerate(comparison["labels"])}  # a run keeps its colour
     for ax, suite in zip(axes, suites, strict=True):
         rows = [r for r in comparison["rows"] if r["suite"] == suite]
         present = [i for i, run in enumerate(comparison["runs"]) if run["suite"] == suite]
         series = {comparison["labels"][i]: [(r["values"][i] or {}).get("mean") for r in rows] for i in present}
         errors = {comparison["labels"][i]: [(r["values"][i] or {}).get("std") for r in rows] for i in present}
         scale = rows[0]["scale"]
-        draw_bars(ax, suite, [r["metric"] for r in rows], series, errors, tuple(scale) if scale else None)
+        draw_bars(ax, suite, [r["metric"] for r in rows], series, errors, tuple(scale) if scale else None,
+                  colors=colors, legend=True)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return path

@@ -103,15 +103,19 @@ def figure(width: float, height: float) -> Any:
 
 def draw_bars(ax: Any, title: str, metrics: list[str], series: dict[str, list[float | None]],
               errors: dict[str, list[float | None]] | None = None, scale: tuple[float, float] | None = None,
-              ylabel: str = "score") -> None:
-    """Grouped bars on `ax`: one group per metric, one bar per series, std as error bars."""
+              ylabel: str = "score", colors: dict[str, str] | None = None, legend: bool | None = None) -> None:
+    """Grouped bars on `ax`: one group per metric, one bar per series, std as error bars.
+
+    `colors` keeps a series' colour the same across several axes (e.g. one run in every panel).
+    """
     names = list(series)
     width = 0.8 / max(1, len(names))
     for i, name in enumerate(names):
         xs = [m + (i - (len(names) - 1) / 2) * width for m in range(len(metrics))]
         heights = [v if v is not None else 0.0 for v in series[name]]
         err = [e or 0.0 for e in errors[name]] if errors and name in errors else None
-        bars = ax.bar(xs, heights, width, label=name, yerr=err, capsize=3 if err else 0)
+        bars = ax.bar(xs, heights, width, label=name, yerr=err, capsize=3 if err else 0,
+                      color=(colors or {}).get(name))
         for bar, value in zip(bars, series[name], strict=True):
             if value is not None and (len(names) <= 4 or i == len(names) - 1):  # legible up to 4
                 # At the foot of the bar, where the error bar does not cover it.
@@ -123,7 +127,7 @@ def draw_bars(ax: Any, title: str, metrics: list[str], series: dict[str, list[fl
         ax.set_ylim(0, scale[1] * 1.1)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
-    if len(names) > 1:
+    if legend or (legend is None and len(names) > 1):
         ax.legend(fontsize=8)
 
 

@@ -86,9 +86,6 @@ class JudgeOptions:
         key_env = self.api_key_env if self.base_url else fallback_key_env
         return build_model(name, backend="openai", base_url=url, api_key_env=key_env, timeout=self.timeout)
 
-    def request(self, messages: list[dict[str, str]]) -> ChatRequest:
-        return ChatRequest(messages=messages, temperature=self.temperature, max_tokens=self.max_tokens)
-
 
 @dataclass
 class PlannedStage:

@@ -115,7 +115,6 @@ class Benchmark:
     grading_system: str
     personas: list[Persona] = field(default_factory=list)
     questions: dict[str, dict[str, list[str]]] = field(default_factory=dict)
-    question_files: dict[str, str] = field(default_factory=dict)
 
     def items(self, tasks: Iterable[str], light: bool = False) -> list[Item]:
         """Persona by persona, task by task; Light keeps each task's first question."""
@@ -255,7 +254,6 @@ def load_benchmark(data: str | Path, tasks: Iterable[str] = TASKS, *, questions:
         persona = Persona(character_id_for(text), text, "", text)
         bench.personas.append(persona)
         bench.questions[persona.persona_id] = read_question_file(path, tasks)
-        bench.question_files[persona.persona_id] = str(path)
     if not bench.personas:
         raise InputError(str(qdir), None, "no personas to evaluate")
     return bench
@@ -304,7 +302,6 @@ def attach_saved_questions(bench: Benchmark, personas: list[Persona], folders: l
             raise InputError(f"{folders[0] / 'questions' / names[0]}", None,
                              f"no questions for character {persona.label!r}: add --generate-questions to write them")
         bench.questions[persona.persona_id] = read_question_file(path, tasks)
-        bench.question_files[persona.persona_id] = str(path)
 
 
 # -- requests ----------------------------------------------------------------------------------------

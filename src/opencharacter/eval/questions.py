@@ -137,4 +137,3 @@ async def generate_questions(bench: Benchmark, personas: list[Persona], tasks: l
         bench.questions[p.persona_id] = by_task  # a task whose generation failed has no questions
         if by_task:
             write_json_atomic(folder / f"{p.persona_id}.json", by_task)
-            bench.question_files[p.persona_id] = str(folder / f"{p.persona_id}.json")

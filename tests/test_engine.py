@@ -127,6 +127,15 @@ def test_truncated_json_and_length_are_sampled_again(tmp_path: Path) -> None:
     assert stats.succeeded == 3
 
 
+def test_unusable_answers_at_temperature_zero_are_resampled_warmer(tmp_path: Path) -> None:
+    tasks = [Task("t0", ChatRequest(messages=[{"role": "user", "content": "q"}], temperature=0.0, json_schema=NAME_SCHEMA))]
+    with FakeOpenAIServer() as server:
+        server.fail_key(key_of(tasks[0]), Fault.truncated_json())
+        stats = run(server.base_url, tasks, tmp_path, parse=parse_json)
+        assert [body["temperature"] for body in server.requests] == [0.0, 0.7]
+    assert stats.succeeded == 1
+
+
 @pytest.mark.parametrize(("fault", "reason", "attempts"), [
     (Fault.server_error(500), "server_error", 4),
     (Fault.length(), "truncated", 4),

@@ -83,5 +83,5 @@ def test_unknown_question_format_and_empty_question(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"q.jsonl:2: unrecognised question format \(fields: foo\)"):
         list(iter_questions(str(tmp_path / "q.jsonl")))
     write_jsonl(tmp_path / "q.jsonl", [{"instruction": "  ", "output": "x"}])
-    with pytest.raises(InputError, match="q.jsonl:1: empty question"):
+    with pytest.raises(InputError, match=r"q\.jsonl:1: empty question"):
         list(iter_questions(str(tmp_path / "q.jsonl")))

@@ -20,21 +20,21 @@ LLAMA3_STYLE_TEMPLATE = (
 
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<|begin_of_text|>", "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>"]
 
-BASE_WORDS = (
+BASE_TEXT = (
     "you are an ai character with the following persona character profile please stay in your and "
     "comply with while being helpful harmless name age gender race born place appearance general "
     "experience personality system user assistant hello hi what is who how why where when do does "
     "i am a the of to in it that for on my me this be have can will would tell about yourself "
     "question answer yes no good bad thank thanks story life work"
-).split()
+)
 
 
 def build_tiny_tokenizer(extra_text: str = ""):
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    words = list(dict.fromkeys(BASE_WORDS + extra_text.lower().split()))
-    chars = list(string.ascii_lowercase + string.digits + string.punctuation) + ["\n", " "]
+    words = list(dict.fromkeys(f"{BASE_TEXT} {extra_text}".lower().split()))
+    chars = [*string.ascii_lowercase, *string.digits, *string.punctuation, "\n", " "]
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
     for item in chars + words:
         vocab.setdefault(item, len(vocab))

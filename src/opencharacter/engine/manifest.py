@@ -1,4 +1,8 @@
-"""`run.json`: what a run did, with what settings and versions — never an API key."""
+"""`run.json`: what a run did, with what settings and versions — never an API key.
+
+A stage's entry holds its latest status and what is still failed (by reason), and figures that add
+up over every invocation (a resumed run's requests, tokens and cost count too).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import json
 import os
 import platform
 import sys
+from collections import Counter
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -14,7 +19,9 @@ from typing import Any
 from opencharacter.engine.store import dumps, iter_jsonl
 
 _VERSIONED = ("opencharacter", "aiohttp", "pydantic", "jinja2", "transformers", "torch", "trl", "peft")
-_SECRET_HINTS = ("key", "token", "secret", "password", "authorization")
+_SECRET_WORDS = ("key", "token", "secret", "password", "authorization", "credential")
+# Figures that add up over the invocations of a stage (a resumed run spends more).
+_CUMULATIVE = ("succeeded", "requests", "prompt_tokens", "completion_tokens", "cost_usd", "elapsed_s")
 
 
 def package_versions() -> dict[str, str]:
@@ -33,15 +40,20 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def _is_secret(key: str) -> bool:
+    words = key.lower().replace("-", "_").split("_")
+    if words[-1] == "env":  # the *name* of a variable that holds a secret is fine
+        return False
+    return any(word in _SECRET_WORDS for word in words)  # "max_tokens" is not a token; "api_key" is
+
+
 def scrub(settings: dict[str, Any]) -> dict[str, Any]:
     """Drop anything that looks like a secret value; names of environment variables are kept."""
-    clean: dict[str, Any] = {}
-    for key, value in settings.items():
-        lowered = key.lower()
-        if any(h in lowered for h in _SECRET_HINTS) and not lowered.endswith("_env"):
-            continue
-        clean[key] = scrub(value) if isinstance(value, dict) else value
-    return clean
+    return {
+        key: scrub(value) if isinstance(value, dict) else value
+        for key, value in settings.items()
+        if not _is_secret(key)
+    }
 
 
 def now() -> str:
@@ -67,8 +79,14 @@ def update_manifest(run_dir: Path, stage: str, stage_info: dict[str, Any], setti
     manifest["updated"] = now()
     manifest["command"] = [os.path.basename(sys.argv[0]), *sys.argv[1:]]
     manifest["versions"] = package_versions()
-    manifest.setdefault("stages", {})[stage] = {**stage_info, "settings": scrub(settings)}
-    stages = manifest["stages"].values()
+    stages_by_name = manifest.setdefault("stages", {})
+    previous = stages_by_name.get(stage) or {}
+    entry = {**stage_info, "settings": scrub(settings), "invocations": previous.get("invocations", 0) + 1}
+    for key in _CUMULATIVE:
+        if key in stage_info:
+            entry[key] = round(previous.get(key, 0) + stage_info[key], 6)
+    stages_by_name[stage] = entry
+    stages = stages_by_name.values()
     manifest["totals"] = {
         "requests": sum(s.get("requests", 0) for s in stages),
         "prompt_tokens": sum(s.get("prompt_tokens", 0) for s in stages),
@@ -80,13 +98,13 @@ def update_manifest(run_dir: Path, stage: str, stage_info: dict[str, Any], setti
     return manifest
 
 
-def compact_failures(failures_path: Path, stage: str, done: set[str]) -> int:
+def compact_failures(failures_path: Path, stage: str, done: set[str]) -> Counter[str]:
     """Keep one (the latest) failure per task, and none for tasks (ids in `done`) that since succeeded.
 
-    Returns how many of `stage`'s tasks are still failed.
+    Returns `stage`'s tasks that are still failed, counted by reason.
     """
     if not failures_path.exists() or failures_path.stat().st_size == 0:
-        return 0
+        return Counter()
     latest: dict[tuple[str, str], dict[str, Any]] = {}
     for record in iter_jsonl(failures_path):
         key = (str(record.get("stage")), str(record.get("task_id")))
@@ -99,4 +117,4 @@ def compact_failures(failures_path: Path, stage: str, done: set[str]) -> int:
         for record in latest.values():
             f.write(dumps(record) + "\n")
     os.replace(tmp, failures_path)
-    return sum(1 for (s, _) in latest if s == stage)
+    return Counter(str(record.get("reason")) for (s, _), record in latest.items() if s == stage)

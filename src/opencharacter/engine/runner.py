@@ -8,6 +8,7 @@ the rest and never drops a task silently: every task ends as a record or a failu
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import time
 from collections import Counter
@@ -44,6 +45,9 @@ class EngineSettings:
     price_in: float = 0.0  # USD per million prompt tokens
     price_out: float = 0.0  # USD per million completion tokens
     unreachable_after: int = 3  # connect failures, before any success, that mean "unreachable"
+    # A cut-off or invalid answer is sampled again at least this warm: at temperature 0 a server
+    # would only repeat the same unusable answer.
+    resample_temperature: float = 0.7
 
     def cost(self, usage: Usage) -> float:
         return (usage.prompt_tokens * self.price_in + usage.completion_tokens * self.price_out) / 1e6
@@ -127,12 +131,13 @@ class _Run:
     async def run_one(self, task: Task) -> None:
         settings = self.settings
         attempts = 0
-        estimate = estimate_prompt_tokens(task.request) + task.request.max_tokens if self.settings.tpm else 0
+        request = task.request
+        estimate = estimate_prompt_tokens(request) + request.max_tokens if self.settings.tpm else 0
         while True:
             attempts += 1
             await self.limiter.acquire(estimate)
             try:
-                completion = await self.model.complete(task.request)
+                completion = await self.model.complete(request)
             except TransientError as exc:
                 if isinstance(exc, ConnectionFailed) and exc.connect_failed and not self.any_success:
                     self.connect_failures += 1
@@ -151,20 +156,27 @@ class _Run:
             self.stats.usage.add(completion.usage)
             self.progress.request_done(completion.usage.total_tokens)
             if completion.finish_reason == "length":
-                error = f"answer cut off at max_tokens={task.request.max_tokens}: ...{completion.text[-200:]!r}"
+                error = f"answer cut off at max_tokens={request.max_tokens}: ...{completion.text[-200:]!r}"
                 if attempts > settings.max_retries:
                     return self._fail(task, "truncated", error, attempts)
+                request = self._warmer(request)
                 continue
             try:
                 record = self.parse(task, completion)
             except InvalidOutput as exc:
                 if attempts > settings.max_retries:
                     return self._fail(task, "invalid_output", f"{exc} | output: {completion.text[:300]!r}", attempts)
+                request = self._warmer(request)
                 continue
             self.results.append(record)
             self.stats.succeeded += 1
             self.progress.task_done(failed=False)
             return None
+
+    def _warmer(self, request: ChatRequest) -> ChatRequest:
+        if request.temperature >= self.settings.resample_temperature:
+            return request
+        return dataclasses.replace(request, temperature=self.settings.resample_temperature)
 
     def _fail(self, task: Task, reason: str, error: str, attempts: int) -> None:
         self.failures.append({

@@ -87,7 +87,7 @@ async def execute(
     finally:
         done = read_ids(results_path, plan.id_field)
         still_failed = compact_failures(failures_path, plan.name, done)
-        info = {**stats.as_dict(), "records": len(done),
-                "failed_now": still_failed, "inputs": plan.notes, "output": plan.results_file}
+        info = {**stats.as_dict(), "records": len(done), "failed_now": sum(still_failed.values()),
+                "failures_by_reason": dict(still_failed), "inputs": plan.notes, "output": plan.results_file}
         update_manifest(run_dir, plan.name, info, run_settings)
 

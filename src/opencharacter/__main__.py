@@ -1,0 +1,5 @@
+"""`python -m opencharacter` runs the command line."""
+
+from opencharacter.cli import main
+
+main()

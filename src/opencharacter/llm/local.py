@@ -76,7 +76,7 @@ _HELP = (
     "To use a model on disk, pass its folder: --model /path/to/folder (a transformers model folder, "
     "or a LoRA adapter folder with adapter_config.json). To use a model served elsewhere, pass an "
     "OpenAI-compatible endpoint instead: --base-url http://localhost:8000/v1. "
-    f"The alias --model {GEMMA3_270M} works offline."
+    f"The alias --model {GEMMA3_270M} works offline (a small *base* model shipped on PyPI: fine for trying chat and training, too weak to follow synthesis or judging prompts)."
 )
 _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 
@@ -166,7 +166,30 @@ def resolve_model_path(model: str) -> str:
         raise FatalError(f"model {model!r} is a file, not a model folder. {_HELP}")
     if not _HUB_ID.match(model) or model.startswith((".", "~")):
         raise FatalError(f"model folder {model!r} does not exist. {_HELP}")
+    _check_hub_reachable(model)
     return model
+
+
+def _check_hub_reachable(model: str, timeout: float = 3.0) -> None:
+    """Fail in seconds, not after a minute of download retries, when an uncached model cannot be fetched."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(model, "config.json"), str):
+        return  # cached: transformers will find it without the network
+    if constants.is_offline_mode():
+        raise FatalError(f"could not load model {model!r}: HF_HUB_OFFLINE is set and it is not in the local "
+                         f"Hugging Face cache. {_HELP}")
+    endpoint = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((endpoint.hostname or "", endpoint.port or 443), timeout=timeout).close()
+    except OSError as exc:
+        raise FatalError(
+            f"could not load model {model!r}: it is not in the local Hugging Face cache and "
+            f"{endpoint.hostname} cannot be reached ({exc}). {_HELP}"
+        ) from exc
 
 
 def load_model_and_tokenizer(

@@ -8,7 +8,6 @@ judges are served by `--base-url` unless `--judge-base-url` is given.
 from __future__ import annotations
 
 from collections.abc import Coroutine
-from dataclasses import fields
 from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
@@ -77,11 +76,6 @@ def _judges(judge: list[str] | None, base_url: str | None, api_key_env: str, tem
         raise fail("give at least one --judge MODEL")
     unique = list(dict.fromkeys(judge))
     return JudgeOptions(unique, base_url, api_key_env, temperature, max_tokens, concurrency, price_in, price_out, timeout)
-
-
-def _model_options(params: dict[str, Any]) -> ModelOptions:
-    """ModelOptions from a command's parameters, by field name (robust to new fields)."""
-    return ModelOptions(**{f.name: params[f.name] for f in fields(ModelOptions) if f.name in params})
 
 
 def _make_run(out: Path, opts: ModelOptions, judges: JudgeOptions | None, settings: dict[str, Any],
@@ -205,7 +199,7 @@ def personagym(
         raise fail("--generate-questions writes questions for --characters FILE; the benchmark has its own")
     judges = _judges(judge, judge_base_url, judge_api_key_env, judge_temperature, judge_max_tokens,
                      judge_concurrency, judge_price_in, judge_price_out, timeout)
-    opts = _model_options(locals())
+    opts = ModelOptions.from_params(locals())
     try:
         tasks = check_tasks(task)
         personas = None
@@ -281,7 +275,7 @@ def mtbench_roleplay(
 
     judges = _judges(judge, judge_base_url, judge_api_key_env, judge_temperature, judge_max_tokens,
                      judge_concurrency, judge_price_in, judge_price_out, timeout)
-    opts = _model_options(locals())
+    opts = ModelOptions.from_params(locals())
     try:
         bench = load_mtbench(data, category, limit)
     except InputError as exc:
@@ -336,7 +330,7 @@ def rolebench(
 
     if system_prompt not in SYSTEM_PROMPTS:
         raise fail(f"--system-prompt must be one of: {', '.join(SYSTEM_PROMPTS)}")
-    opts = _model_options(locals())
+    opts = ModelOptions.from_params(locals())
     try:
         items = load_rolebench(data, limit)
         descriptions = load_profiles(profiles) if profiles else {}
@@ -394,7 +388,7 @@ def roleplay_judge(
 
     judges = _judges(judge, judge_base_url, judge_api_key_env, judge_temperature, judge_max_tokens,
                      judge_concurrency, judge_price_in, judge_price_out, timeout)
-    opts = _model_options(locals())
+    opts = ModelOptions.from_params(locals())
     try:
         records = load_records_file(data, limit)
     except InputError as exc:

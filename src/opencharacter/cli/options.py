@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Annotated, Any
 
 import typer
@@ -50,6 +50,12 @@ class ModelOptions:
     price_in: float = 0.0
     price_out: float = 0.0
     progress: bool = True
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any], **overrides: Any) -> ModelOptions:
+        """From a command's parameters (`locals()`), by field name: commands list options, not plumbing."""
+        values = {f.name: params[f.name] for f in fields(cls) if f.name in params}
+        return cls(**{**values, **overrides})
 
     def engine_settings(self) -> EngineSettings:
         return EngineSettings(

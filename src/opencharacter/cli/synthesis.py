@@ -80,14 +80,16 @@ def _summary(stats: StageStats, plan: StagePlan, run_dir: Path) -> None:
             console.print(f"  {plan.notes[key]:,} {label}", highlight=False)
 
 
-def _model_options(model: str | None, example: bool, base_url: str | None, backend: str | None, **rest) -> o.ModelOptions:
+def _example_model_options(params: dict, example: bool) -> o.ModelOptions:
+    """--example defaults to the in-process example model; otherwise --model is required."""
+    model, backend, base_url = params["model"], params["backend"], params["base_url"]
     if model is None:
         if not example:
             raise fail("--model is required (or use --example for the built-in example)")
         model = EXAMPLE_MODEL
     if backend is None:
         backend = "transformers" if example and base_url is None else "openai"
-    return o.ModelOptions(model=model, base_url=base_url, backend=backend, **rest)
+    return o.ModelOptions.from_params(params, model=model, backend=backend)
 
 
 async def _run(plan: StagePlan, model: ChatModel, run_dir: Path, opts: o.ModelOptions, extra: dict) -> StageStats:
@@ -131,10 +133,7 @@ def profiles_command(
 
     Example: opencharacter profiles --personas personas.jsonl --out runs/demo --model gpt-4o-mini --limit 100
     """
-    opts = o.ModelOptions(model=model, base_url=base_url, backend=backend, api_key_env=api_key_env,
-                          temperature=temperature, max_tokens=max_tokens, batch_size=batch_size,
-                          concurrency=concurrency, rpm=rpm, tpm=tpm, max_retries=max_retries, timeout=timeout,
-                          dry_run=dry_run, price_in=price_in, price_out=price_out, progress=progress)
+    opts = o.ModelOptions.from_params(locals())
     _check_out(out)
     prompts = Prompts(prompts_dir)
     try:
@@ -187,10 +186,7 @@ def dialogues_command(
 
     Example: opencharacter dialogues --characters runs/demo/characters.jsonl --questions alpaca.jsonl --strategy generate --out runs/demo --model gpt-4o-mini
     """
-    opts = o.ModelOptions(model=model, base_url=base_url, backend=backend, api_key_env=api_key_env,
-                          temperature=temperature, max_tokens=max_tokens, batch_size=batch_size,
-                          concurrency=concurrency, rpm=rpm, tpm=tpm, max_retries=max_retries, timeout=timeout,
-                          dry_run=dry_run, price_in=price_in, price_out=price_out, progress=progress)
+    opts = o.ModelOptions.from_params(locals())
     _check_out(out)
     prompts = Prompts(prompts_dir)
     try:
@@ -255,10 +251,7 @@ def synth_command(
         questions = questions or str(EXAMPLES / "questions.jsonl")
     if not personas or not questions:
         raise fail("--personas and --questions are required (or --example)")
-    opts = _model_options(model, example, base_url, backend, api_key_env=api_key_env, temperature=temperature,
-                          max_tokens=max_tokens, batch_size=batch_size, concurrency=concurrency, rpm=rpm, tpm=tpm,
-                          max_retries=max_retries, timeout=timeout, dry_run=dry_run, price_in=price_in,
-                          price_out=price_out, progress=progress)
+    opts = _example_model_options(locals(), example)
     _check_out(out)
     prompts = Prompts(prompts_dir)
 

@@ -9,7 +9,8 @@ client overhead is the ceiling on a small machine talking to a fast local server
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import aiohttp
@@ -119,19 +120,25 @@ class OpenAICompatibleModel:
         except (KeyError, IndexError, TypeError, AttributeError) as exc:
             raise ServerError(f"response is not a chat completion: {str(data)[:300]}") from exc
 
-    async def _post(self, body: dict[str, Any]) -> dict[str, Any]:
-        url = f"{self.base_url}/chat/completions"
+    @contextlib.contextmanager
+    def _transport_errors(self) -> Iterator[None]:
+        """aiohttp's exceptions as the engine's: which ones are worth a retry, and which mean 'unreachable'."""
         try:
-            async with self._get_session().post(url, data=orjson.dumps(body)) as response:
-                raw = await response.read()
-                if response.status != 200:
-                    _raise_for_status(response.status, raw, response.headers, self)
+            yield
         except aiohttp.ClientConnectorError as exc:
             raise ConnectionFailed(f"cannot connect to {self.base_url}: {exc}", connect_failed=True) from exc
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, aiohttp.ClientPayloadError) as exc:
             raise ConnectionFailed(f"connection to {self.base_url} dropped: {exc!r}") from exc
         except asyncio.TimeoutError as exc:
             raise RequestTimeout(f"no answer from {self.base_url} within {self.timeout:g}s") from exc
+
+    async def _post(self, body: dict[str, Any]) -> dict[str, Any]:
+        url = f"{self.base_url}/chat/completions"
+        with self._transport_errors():
+            async with self._get_session().post(url, data=orjson.dumps(body)) as response:
+                raw = await response.read()
+                if response.status != 200:
+                    _raise_for_status(response.status, raw, response.headers, self)
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -140,7 +147,7 @@ class OpenAICompatibleModel:
     async def stream(self, request: ChatRequest) -> AsyncIterator[str]:
         """Yield content deltas as the server sends them (server-sent events)."""
         url = f"{self.base_url}/chat/completions"
-        try:
+        with self._transport_errors():
             async with self._get_session().post(url, data=orjson.dumps(self._body(request, stream=True))) as response:
                 if response.status != 200:
                     _raise_for_status(response.status, await response.read(), response.headers, self)
@@ -156,12 +163,6 @@ class OpenAICompatibleModel:
                         piece = (choice.get("delta") or {}).get("content")
                         if piece:
                             yield piece
-        except aiohttp.ClientConnectorError as exc:
-            raise ConnectionFailed(f"cannot connect to {self.base_url}: {exc}", connect_failed=True) from exc
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, aiohttp.ClientPayloadError) as exc:
-            raise ConnectionFailed(f"connection to {self.base_url} dropped: {exc!r}") from exc
-        except asyncio.TimeoutError as exc:
-            raise RequestTimeout(f"no answer from {self.base_url} within {self.timeout:g}s") from exc
 
     async def aclose(self) -> None:
         if self._session is not None and not self._session.closed:

@@ -61,7 +61,7 @@ def train_command(
 
     Example: opencharacter train --data runs/example --base-model gemma3-270m --out models/demo --epochs 1 --merge
 
-    Many GPUs: accelerate launch --config_file configs/accelerate/deepspeed_zero3.yaml "$(which opencharacter)" train --config configs/paper_full_llama3_8b.yaml
+    Many GPUs: accelerate launch --config_file configs/accelerate/deepspeed_zero3.yaml -m opencharacter train --config configs/paper_full_llama3_8b.yaml
     """
     settings: TrainConfig | None = None
     try:

@@ -74,8 +74,8 @@ class TrainConfig:
         max_grad_norm (`float`, defaults to `1.0`):
             Gradient clipping.
         gradient_checkpointing (`bool`, *optional*):
-            Recompute activations to save memory. Default: on with CUDA, off on CPU (where memory
-            is rarely the limit and recomputation only costs time).
+            Recompute activations to save memory. Default: on with CUDA (off under FSDP, which
+            checkpoints activations itself), off on CPU (where recomputation only costs time).
         bf16 (`bool`, *optional*):
             Train in bfloat16. Default: on when the GPU supports it, off on CPU.
 

@@ -7,6 +7,7 @@ support, data and the base model are all checked before the trainer writes its f
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -211,7 +212,11 @@ def sft_config(config: TrainConfig, has_eval: bool, bf16: bool) -> Any:
     scheduler, scheduler_kwargs = "linear", {}
     if config.lr_end:  # linear decay to lr_end: the polynomial schedule with power 1
         scheduler, scheduler_kwargs = "polynomial", {"lr_end": config.lr_end, "power": 1.0}
-    checkpointing = config.gradient_checkpointing if config.gradient_checkpointing is not None else use_cuda()
+    # FSDP brings its own activation checkpointing (configs/accelerate/fsdp.yaml); both at once is an error.
+    under_fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
+    checkpointing = config.gradient_checkpointing
+    if checkpointing is None:
+        checkpointing = use_cuda() and not under_fsdp
     return SFTConfig(
         output_dir=config.out,
         num_train_epochs=config.epochs,
@@ -228,7 +233,7 @@ def sft_config(config: TrainConfig, has_eval: bool, bf16: bool) -> Any:
         per_device_train_batch_size=config.batch_size,
         per_device_eval_batch_size=config.batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
-        gradient_checkpointing=checkpointing,
+        activation_checkpointing=checkpointing,  # transformers 5's name for gradient checkpointing
         bf16=bf16,
         fp16=False,
         max_length=config.max_length,
@@ -244,6 +249,7 @@ def sft_config(config: TrainConfig, has_eval: bool, bf16: bool) -> Any:
         data_seed=config.seed,
         report_to=config.report_to,
         disable_tqdm=False,
+        dataloader_pin_memory=use_cuda(),  # pinning is for host→GPU copies; on CPU it only warns
     )
 
 
@@ -304,11 +310,12 @@ def train(config: TrainConfig, command: str = "") -> TrainResult:
         result.eval_loss_after = trainer.evaluate().get("eval_loss")
 
     set_stop_tokens(trainer.model.get_base_model() if config.method != "full" else trainer.model, tokenizer)
-    trainer.save_model(str(out))
+    trainer.save_model(str(out))  # every process: ZeRO-3 and FSDP gather the shards here
+    _fill_metrics(result, trainer, output.metrics, elapsed)
+    if not trainer.is_world_process_zero():  # under `accelerate launch`, one process writes the rest
+        return result
     if config.method != "full":  # the adapter folder has no generation config of its own; keep the stop tokens
         trainer.model.get_base_model().generation_config.save_pretrained(str(out))
-
-    _fill_metrics(result, trainer, output.metrics, elapsed)
     if config.merge:
         if config.method == "full":
             result.merged = str(out)  # a full fine-tune already is a plain model folder

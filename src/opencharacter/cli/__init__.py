@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from opencharacter import __version__
-from opencharacter.cli import data, evaluation, synthesis, training
+from opencharacter.cli import data, ditto, evaluation, synthesis, training
 
 app = typer.Typer(
     name="opencharacter",
@@ -33,7 +33,7 @@ def _root(
     """Root options."""
 
 
-for module in (synthesis, data, training, evaluation):
+for module in (synthesis, ditto, data, training, evaluation):
     module.register(app)
 
 

@@ -126,7 +126,7 @@ def resolve_character(spec: str, characters: str | Path | None = None) -> Charac
             raise ChatError(f"cannot read --characters: {exc}") from exc
         if spec in prompts:
             prompt = prompts.system_prompt(spec)
-            return CharacterSpec(prompt, f"{_label(prompt, spec)} ({spec})", spec)
+            return CharacterSpec(prompt, _label(prompt, spec), spec)
         if not any(c.isspace() for c in spec):
             raise ChatError(f"unknown character id {spec!r}: not in {characters} ({len(prompts)} characters)")
     elif _CHARACTER_ID.match(spec):
@@ -286,10 +286,12 @@ async def run_interactive(
     session: ChatSession, io: ChatIO, resolve: Callable[[str], CharacterSpec] = resolve_character
 ) -> None:
     """Read lines until /quit or end of input; lines starting with / are commands."""
-    io.notice(f"Chatting with {session.character.label}. Type /help for commands, /quit to leave.")
+    who = session.character.label + (f" ({session.character.character_id})" if session.character.character_id else "")
+    io.notice(f"Chatting with {who}. Type /help for commands, /quit to leave.")
     while True:
         line = await io.read("you> ")
-        if line is None:
+        if line is None:  # end of input (Ctrl-D): end the prompt's line
+            io.write("\n")
             return
         line = line.strip()
         if not line:
@@ -309,7 +311,7 @@ async def run_interactive(
                     io.notice("Usage: /save FILE")
                     continue
                 try:
-                    io.notice(f"Saved {len(session.history)} messages to {session.save(arg)}")
+                    io.notice(f"Saved the system prompt and {len(session.history)} messages to {session.save(arg)}")
                 except OSError as exc:
                     io.notice(f"Could not save: {exc}")
             elif command == "/character":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import threading
 from enum import Enum
@@ -170,6 +171,8 @@ async def _chat(
             await session.send(message, on_text=_write)
             _write("\n")
             return
+        with contextlib.suppress(ImportError):
+            import readline  # noqa: F401  (line editing and history for input(), where the platform has it)
         await run_interactive(session, ChatIO(read=_read_line, write=_write, notice=_notice),
                               resolve=lambda spec: resolve_character(spec, characters))
     finally:

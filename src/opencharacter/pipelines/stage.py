@@ -87,7 +87,8 @@ async def execute(
     finally:
         done = read_ids(results_path, plan.id_field)
         still_failed = compact_failures(failures_path, plan.name, done)
-        info = {**stats.as_dict(), "records": len(done), "failed_now": sum(still_failed.values()),
+        # This plan's records: a results file may be shared by stages (ditto and generate dialogues).
+        info = {**stats.as_dict(), "records": stats.already_done + stats.succeeded, "failed_now": sum(still_failed.values()),
                 "failures_by_reason": dict(still_failed), "inputs": plan.notes, "output": plan.results_file}
         update_manifest(run_dir, plan.name, info, run_settings)
 

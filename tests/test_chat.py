@@ -273,4 +273,4 @@ def test_in_process_model_counts_exactly_and_streams(tiny_llama: Path) -> None:
     written, notices, session = asyncio.run(go())
     assert notices[0].startswith("Chatting with")
     assert len(session.history) == 4 and all(m["role"] for m in session.history)
-    assert written.count("\n") == 2  # two replies, each ended by a newline
+    assert written.count("\n") == 3  # two replies, each ended by a newline, and one at the end of input

@@ -78,6 +78,10 @@ class TrainConfig:
             checkpoints activations itself), off on CPU (where recomputation only costs time).
         bf16 (`bool`, *optional*):
             Train in bfloat16. Default: on when the GPU supports it, off on CPU.
+        attn_implementation (`str`, *optional*):
+            Attention kernel passed to `from_pretrained` (`sdpa`, `eager`, `flash_attention_2`...).
+            Default: transformers' choice (sdpa). With `packing` on GPUs, `flash_attention_2`
+            attends within each packed dialogue only; sdpa computes the whole packed row, masked.
 
         > Data
 
@@ -132,6 +136,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     gradient_checkpointing: bool | None = None
     bf16: bool | None = None
+    attn_implementation: str | None = None
 
     max_length: int = 2048
     packing: bool = False

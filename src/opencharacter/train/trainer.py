@@ -149,6 +149,8 @@ def load_model(path: str, name: str, config: TrainConfig, bf16: bool) -> Any:
     from transformers import AutoModelForCausalLM
 
     kwargs: dict[str, Any] = {"dtype": torch.bfloat16 if bf16 else torch.float32}
+    if config.attn_implementation:
+        kwargs["attn_implementation"] = config.attn_implementation
     if config.method == "qlora":
         from transformers import BitsAndBytesConfig
 

@@ -185,6 +185,8 @@ class TrainConfig:
             problems.append("no output folder: pass --out DIR (or `out:` in the YAML)")
         if self.method not in METHODS:
             problems.append(f"unknown method {self.method!r}: choose one of {', '.join(METHODS)}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            problems.append(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if not 0.0 <= self.eval_fraction < 1.0:
             problems.append(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
         if self.max_length < 16:

@@ -13,7 +13,7 @@ from typing import Any
 from opencharacter.io.chat_data import ChatSample, load_chat_samples
 from opencharacter.io.readers import InputError
 from opencharacter.train.config import TrainConfig, TrainError
-from opencharacter.train.masking import IGNORE_INDEX, mask_dialogue
+from opencharacter.train.masking import MaskedExample, mask_dialogue
 
 
 @dataclass
@@ -67,42 +67,68 @@ def split_samples(samples: list[ChatSample], eval_fraction: float, seed: int) ->
     return train, [samples[i] for i in sorted(held)]
 
 
-def tokenize_samples(samples: list[ChatSample], tokenizer: Any, max_length: int) -> tuple[list[dict[str, list[int]]], int, int]:
-    """Rows of `input_ids` + `labels` (answers only); also how many were skipped or truncated."""
-    rows: list[dict[str, list[int]]] = []
-    skipped = truncated = 0
-    for sample in samples:
-        full = mask_dialogue(tokenizer, sample.messages)
-        if len(full.input_ids) > max_length:
-            cut = full.input_ids[:max_length], full.labels[:max_length]
-            if all(label == IGNORE_INDEX for label in cut[1]):
-                skipped += 1
+@dataclass
+class Tokenized:
+    """One side of the split, tokenized: an Arrow dataset (int32 columns) and what was dropped or cut."""
+
+    dataset: Any  # datasets.Dataset of input_ids + labels, or None when nothing was left
+    skipped: int = 0
+    truncated: int = 0
+    tokens: int = 0
+    answer_tokens: int = 0
+
+
+def tokenize_samples(
+    samples: list[ChatSample], tokenizer: Any, max_length: int, desc: str = "Masking answers", chunk: int = 2000
+) -> Tokenized:
+    """`input_ids` + `labels` (answers only) for every sample that keeps an answer token within `max_length`.
+
+    Rows go to Arrow in chunks of int32: the paper's 306k dialogues as Python int lists would take
+    tens of GB, as Arrow a few.
+    """
+    from datasets import Dataset, Features, List, Value, concatenate_datasets
+    from tqdm.auto import tqdm
+
+    features = Features({"input_ids": List(Value("int32")), "labels": List(Value("int32"))})
+    out = Tokenized(dataset=None)
+    parts, ids, labels = [], [], []
+    for sample in tqdm(samples, desc=desc, unit=" dialogues", disable=len(samples) < 5000):
+        example = mask_dialogue(tokenizer, sample.messages)
+        if len(example.input_ids) > max_length:
+            example = MaskedExample(example.input_ids[:max_length], example.labels[:max_length])
+            if example.answer_tokens == 0:
+                out.skipped += 1
                 continue
-            truncated += 1
-            rows.append({"input_ids": cut[0], "labels": cut[1]})
-        else:
-            rows.append({"input_ids": full.input_ids, "labels": full.labels})
-    return rows, skipped, truncated
+            out.truncated += 1
+        ids.append(example.input_ids)
+        labels.append(example.labels)
+        out.tokens += len(example.input_ids)
+        out.answer_tokens += example.answer_tokens
+        if len(ids) >= chunk:
+            parts.append(Dataset.from_dict({"input_ids": ids, "labels": labels}, features=features))
+            ids, labels = [], []
+    if ids:
+        parts.append(Dataset.from_dict({"input_ids": ids, "labels": labels}, features=features))
+    if parts:
+        out.dataset = concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+    return out
 
 
 def build_datasets(config: TrainConfig, tokenizer: Any) -> tuple[Any, Any, DataStats]:
     """(train Dataset, eval Dataset or None, stats), tokenized and masked, ready for `SFTTrainer`."""
-    from datasets import Dataset
-
     samples, stats = read_samples(config)
     train, held_out = split_samples(samples, config.eval_fraction, config.seed)
-    train_rows, skipped, truncated = tokenize_samples(train, tokenizer, config.max_length)
-    eval_rows, eval_skipped, eval_truncated = tokenize_samples(held_out, tokenizer, config.max_length)
-    stats.skipped_too_long = skipped + eval_skipped
-    stats.truncated = truncated + eval_truncated
-    if not train_rows:
+    del samples
+    train_part = tokenize_samples(train, tokenizer, config.max_length)
+    eval_part = tokenize_samples(held_out, tokenizer, config.max_length, desc="Masking held-out answers")
+    stats.skipped_too_long = train_part.skipped + eval_part.skipped
+    stats.truncated = train_part.truncated + eval_part.truncated
+    if train_part.dataset is None:
         raise TrainError(
             f"context overflow: the prompt of every training dialogue is longer than --max-length "
             f"{config.max_length} tokens, so no answer token is left to learn; raise --max-length"
         )
-    stats.train_dialogues, stats.eval_dialogues = len(train_rows), len(eval_rows)
-    stats.train_tokens = sum(len(r["input_ids"]) for r in train_rows)
-    stats.train_answer_tokens = sum(sum(1 for x in r["labels"] if x != IGNORE_INDEX) for r in train_rows)
-    train_ds = Dataset.from_list(train_rows)
-    eval_ds = Dataset.from_list(eval_rows) if eval_rows else None
-    return train_ds, eval_ds, stats
+    stats.train_dialogues = len(train_part.dataset)
+    stats.eval_dialogues = len(eval_part.dataset) if eval_part.dataset is not None else 0
+    stats.train_tokens, stats.train_answer_tokens = train_part.tokens, train_part.answer_tokens
+    return train_part.dataset, eval_part.dataset, stats

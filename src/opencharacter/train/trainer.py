@@ -318,6 +318,7 @@ def train(config: TrainConfig, command: str = "") -> TrainResult:
         return result
     if config.method != "full":  # the adapter folder has no generation config of its own; keep the stop tokens
         trainer.model.get_base_model().generation_config.save_pretrained(str(out))
+        name_base_model(out, config.base_model, resolved)
     if config.merge:
         if config.method == "full":
             result.merged = str(out)  # a full fine-tune already is a plain model folder
@@ -345,6 +346,20 @@ def _fill_metrics(result: TrainResult, trainer: Any, metrics: dict[str, Any], el
         tokens = max((int(e.get("num_tokens", 0)) for e in state.log_history), default=0)
     result.tokens = int(tokens)
     result.tokens_per_s = result.tokens / result.runtime_s if result.runtime_s > 0 else 0.0
+
+
+def name_base_model(out: Path, given: str, resolved: str) -> None:
+    """Record an alias (`gemma3-270m`) as the adapter's base, not this machine's cache folder.
+
+    The in-process backend resolves aliases anywhere; a path under one user's cache does not travel.
+    """
+    path = out / "adapter_config.json"
+    if given == resolved or Path(given).expanduser().exists() or not path.is_file():
+        return
+    adapter = json.loads(path.read_text(encoding="utf-8"))
+    if adapter.get("base_model_name_or_path") == resolved:
+        adapter["base_model_name_or_path"] = given
+        path.write_text(json.dumps(adapter, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def merge_adapter(out: Path, base_path: str, tokenizer: Any) -> Path:

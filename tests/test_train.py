@@ -159,6 +159,25 @@ def test_packed_dialogues_do_not_attend_to_each_other(tiny: Path) -> None:
     assert torch.allclose(packed[:, 12:], alone, atol=1e-5)
 
 
+def test_released_layout_gets_the_shared_system_prompt(run_dir: Path, tmp_path: Path) -> None:
+    """The released files carry no system prompt: it comes from build_system_prompt, as in chat and eval."""
+    from opencharacter.train.data import read_samples
+
+    characters = [json.loads(line) for line in (run_dir / "characters.jsonl").read_text().splitlines()]
+    released = tmp_path / "synthetic_dialogue.jsonl"
+    released.write_text(json.dumps({"character_id": characters[0]["character_id"], "question": "Who are you?",
+                                    "character_answer": "A keeper of lights."}) + "\n")
+    (tmp_path / "synthetic_character.jsonl").write_text(
+        "".join(json.dumps({k: c[k] for k in ("character_id", "persona", "character")}) + "\n" for c in characters))
+    samples, stats = read_samples(TrainConfig(data=[str(released)], base_model="m", out="o"))
+    assert samples[0].messages == [
+        {"role": "system", "content": build_system_prompt(characters[0]["persona"], characters[0]["character"])},
+        {"role": "user", "content": "Who are you?"},
+        {"role": "assistant", "content": "A keeper of lights."},
+    ]
+    assert stats.dialogues == 1 and stats.characters == 1
+
+
 # --------------------------------------------------------------------------------------------------
 # Training
 
@@ -352,15 +371,17 @@ def test_shipped_configs_are_valid() -> None:
 
 @pytest.mark.slow
 def test_gemma3_270m_lora_learns_and_chats(request: pytest.FixtureRequest, run_dir: Path, tmp_path: Path) -> None:
-    """LoRA on the real Gemma 3 270M base model (CPU: ~15 minutes). Run with: pytest -m slow."""
+    """LoRA on the real Gemma 3 270M base model (CPU: ~10 minutes). Run with: pytest -m slow."""
     if "slow" not in (request.config.getoption("markexpr") or "") and os.environ.get("OPENCHARACTER_SLOW") != "1":
         pytest.skip("opt-in: pytest -m slow (or OPENCHARACTER_SLOW=1)")
     out = tmp_path / "gemma"
     result = train(TrainConfig(data=[str(run_dir)], base_model="gemma3-270m", out=str(out), method="lora",
                                max_steps=24, batch_size=2, gradient_accumulation_steps=1, lr=2e-4,
-                               max_length=256, eval_fraction=0.1, logging_steps=4, save_steps=100, seed=0))
+                               max_length=512, eval_fraction=0.1, logging_steps=4, save_steps=100, seed=0))
     print(f"\ngemma3-270m LoRA: eval loss {result.eval_loss_before:.3f} -> {result.eval_loss_after:.3f}, "
-          f"train loss {result.first_loss:.3f} -> {result.final_loss:.3f}, {result.tokens_per_s:.1f} tokens/s")
+          f"train loss {result.first_loss:.3f} -> {result.final_loss:.3f}, {result.tokens_per_s:.1f} tokens/s, "
+          f"{result.runtime_s:.0f} s; data: {result.data}")
+    assert result.data.truncated == 0 and result.data.skipped_too_long == 0
     assert result.eval_loss_after < result.eval_loss_before
 
     reply = runner.invoke(app, ["chat", "--model", str(out), "--character", "A retired lighthouse keeper",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
 import threading
 from enum import Enum
@@ -29,6 +30,7 @@ from opencharacter.cli.common import command_line, console, fail
 from opencharacter.llm.base import ChatModel, FatalError, LLMError
 from opencharacter.llm.factory import build_model
 from opencharacter.train.config import TrainConfig, TrainError
+from opencharacter.train.trainer import TrainResult, train
 
 D, T, OUT, M = "Data", "Training", "Outputs", "Model"
 
@@ -72,8 +74,6 @@ def train_command(
             batch_size=batch_size, max_length=max_length, packing=packing, eval_fraction=eval_fraction,
             max_samples=max_samples, seed=seed, resume=resume, merge=merge,
         )
-        from opencharacter.train.trainer import train
-
         result = train(settings, command=command_line())
     except TrainError as exc:
         raise fail(str(exc)) from None
@@ -83,14 +83,15 @@ def train_command(
             "command to continue from the last one.", highlight=False,
         )
         raise typer.Exit(130) from None
-    _train_summary(result)
+    if os.environ.get("RANK", "0") == "0":  # under `accelerate launch`, one summary, not one per GPU
+        _train_summary(result)
 
 
 def _loss(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def _train_summary(result) -> None:  # type: ignore[no-untyped-def]
+def _train_summary(result: TrainResult) -> None:
     table = Table(title=f"Trained {result.method} on {result.base_model}", title_justify="left", show_header=False)
     table.add_column(style="bold")
     table.add_column(justify="right")
@@ -125,9 +126,17 @@ def _pick_backend(model: str, base_url: str | None, backend: str | None) -> str:
         return backend
     if base_url:
         return "openai"
-    if Path(model).expanduser().exists() or model == "gemma3-270m":
+    if Path(model).expanduser().exists() or _is_alias(model):
         return "transformers"
     return "openai"
+
+
+def _is_alias(model: str) -> bool:
+    try:
+        from opencharacter.llm.local import MODEL_ALIASES
+    except ImportError:
+        return False
+    return model in MODEL_ALIASES
 
 
 async def _read_line(prompt: str) -> str | None:

@@ -167,7 +167,7 @@ def load_model(path: str, name: str, config: TrainConfig, bf16: bool) -> Any:
     if config.method == "qlora":
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(config.gradient_checkpointing))
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing_enabled(config))
     return model
 
 
@@ -207,6 +207,15 @@ def bf16_enabled(config: TrainConfig) -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
+def checkpointing_enabled(config: TrainConfig) -> bool:
+    """Gradient checkpointing: as set, else on with CUDA except under FSDP (configs/accelerate/fsdp.yaml
+    checkpoints activations itself, and transformers refuses both at once)."""
+    if config.gradient_checkpointing is not None:
+        return config.gradient_checkpointing
+    under_fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
+    return use_cuda() and not under_fsdp
+
+
 def sft_config(config: TrainConfig, has_eval: bool, bf16: bool) -> Any:
     """Map our settings onto TRL's `SFTConfig` (a `transformers.TrainingArguments`)."""
     from trl import SFTConfig
@@ -214,11 +223,7 @@ def sft_config(config: TrainConfig, has_eval: bool, bf16: bool) -> Any:
     scheduler, scheduler_kwargs = "linear", {}
     if config.lr_end:  # linear decay to lr_end: the polynomial schedule with power 1
         scheduler, scheduler_kwargs = "polynomial", {"lr_end": config.lr_end, "power": 1.0}
-    # FSDP brings its own activation checkpointing (configs/accelerate/fsdp.yaml); both at once is an error.
-    under_fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
-    checkpointing = config.gradient_checkpointing
-    if checkpointing is None:
-        checkpointing = use_cuda() and not under_fsdp
+    checkpointing = checkpointing_enabled(config)
     return SFTConfig(
         output_dir=config.out,
         num_train_epochs=config.epochs,

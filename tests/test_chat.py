@@ -120,6 +120,7 @@ def test_profile_files_json_and_yaml(tmp_path: Path) -> None:
 
 
 def test_free_text_persona_and_labelled_profile() -> None:
+    assert "config.yaml" in resolve_character("A sysadmin who dreams in config.yaml").system_prompt  # not a file
     spec = resolve_character("A grumpy dwarven blacksmith")
     assert spec.system_prompt == build_system_prompt("A grumpy dwarven blacksmith", "A grumpy dwarven blacksmith")
     labelled = resolve_character(PROFILE.to_text())

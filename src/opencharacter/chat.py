@@ -110,7 +110,8 @@ def resolve_character(spec: str, characters: str | Path | None = None) -> Charac
     if not spec:
         raise ChatError("empty --character: give a character id, a profile file or a persona")
     path = Path(spec).expanduser()
-    if path.suffix.lower() in PROFILE_SUFFIXES and "\n" not in spec:
+    one_word = not any(c.isspace() for c in spec)
+    if path.suffix.lower() in PROFILE_SUFFIXES and (one_word or path.is_file()):
         if not path.is_file():
             raise ChatError(f"profile file {path} does not exist")
         return load_profile_file(path)
@@ -127,7 +128,7 @@ def resolve_character(spec: str, characters: str | Path | None = None) -> Charac
         if spec in prompts:
             prompt = prompts.system_prompt(spec)
             return CharacterSpec(prompt, _label(prompt, spec), spec)
-        if not any(c.isspace() for c in spec):
+        if one_word:
             raise ChatError(f"unknown character id {spec!r}: not in {characters} ({len(prompts)} characters)")
     elif _CHARACTER_ID.match(spec):
         raise ChatError(f"{spec!r} looks like a character id: pass the characters file with --characters FILE")

@@ -66,6 +66,9 @@ def test_synth_end_to_end(personas: Path, questions: Path, tmp_path: Path) -> No
         assert system["role"] == "system" and system["content"].startswith("You are an AI character")
         assert user == {"role": "user", "content": d.question} and assistant["content"] == d.character_answer
         assert d.question_source == "questions" and d.strategy.value == "generate"
+        assert not d.character_answer.startswith("{")  # an answer, not a profile
+        character = next(c for c in characters if c.character_id == d.character_id)
+        assert d.character_answer.startswith(f"*{character.profile.name} ")  # the fake answers as the named character
     assert all(len(ids) == 3 for ids in by_question.values())
     manifest = json.loads((out / "run.json").read_text())
     assert manifest["stages"]["profiles"]["succeeded"] == 12

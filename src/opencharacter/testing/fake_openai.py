@@ -262,14 +262,21 @@ _CLOSERS = (
 _NAME_LINE = re.compile(r"^\s*Name\s*[:：]\s*(.+)$", re.MULTILINE)
 
 
+_QUESTION_SECTION = re.compile(r"^#+\s*Question\s*\n(.*?)(?:\n\s*\n#|\n\s*\n[A-Z]|\Z)", re.MULTILINE | re.DOTALL)
+
+
 def in_character(body: dict[str, Any]) -> str:
-    """An answer that looks in character: the profile's name (from 'Name: ...') and the question."""
+    """An answer that looks in character: the profile's name (from 'Name: ...') and the question.
+
+    Works for a served character (profile in the system prompt, question as the user turn) and for a
+    synthesis prompt (profile and a `# Question` section inside one user turn).
+    """
     seed = _seed(_prompt_text(body))
-    system = next((_content_text(m.get("content")) for m in body.get("messages") or []
-                   if isinstance(m, dict) and m.get("role") == "system"), "")
-    match = _NAME_LINE.search(system)
+    match = _NAME_LINE.search(_prompt_text(body))
     name = match.group(1).strip() if match else "The character"
-    question = " ".join(_last_user_text(body).split())
+    user = _last_user_text(body)
+    section = _QUESTION_SECTION.search(user)
+    question = " ".join((section.group(1) if section else user).split())
     topic = question if len(question) <= 80 else question[:77] + "..."
     return (
         f"*{name} {_pick(_GESTURES, seed, 1)}* {_pick(_OPENERS, seed, 2)} You ask: \"{topic}\" "
@@ -311,6 +318,7 @@ def auto(body: dict[str, Any]) -> str:
     - `response_format` json_object / json_schema → JSON (a profile; a json_schema whose properties are
       not the profile's gets an object filled to fit it);
     - "[[" or "final score" in the prompt → `judge`;
+    - a `# Question` section in the user turn (a dialogue-synthesis prompt) → `in_character`;
     - "profile" or "json" in the user turn, or in a system prompt that is not the role-play one → profile;
     - anything else → `in_character`.
     """
@@ -328,6 +336,8 @@ def auto(body: dict[str, Any]) -> str:
     if "[[" in text or "final score" in text:
         return judge(body)
     asks = _last_user_text(body).lower()
+    if "# question" in asks:  # a dialogue-synthesis prompt: the character answers the question
+        return in_character(body)
     for m in body.get("messages") or []:
         if isinstance(m, dict) and m.get("role") == "system":
             content = _content_text(m.get("content"))

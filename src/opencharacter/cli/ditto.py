@@ -9,7 +9,8 @@ import typer
 
 from opencharacter.cli import options as o
 from opencharacter.cli.common import command_line, console, fail, run_async
-from opencharacter.cli.synthesis import D, OutOpt, _check_out, _estimate_table, _run
+from opencharacter.cli.stages import DATA_PANEL as D
+from opencharacter.cli.stages import OutOpt, check_out, estimate_table, model_session, run_plan
 from opencharacter.io.readers import InputError
 from opencharacter.pipelines import ditto
 from opencharacter.pipelines.dialogues import load_characters
@@ -67,11 +68,8 @@ def ditto_command(
 
     Example: opencharacter ditto --characters runs/demo/characters.jsonl --out runs/demo --model Qwen/Qwen2.5-7B-Instruct --base-url http://localhost:8000/v1 --queries-per-character 6
     """
-    opts = o.ModelOptions(model=model, base_url=base_url, backend=backend, api_key_env=api_key_env,
-                          temperature=temperature, max_tokens=max_tokens, batch_size=batch_size,
-                          concurrency=concurrency, rpm=rpm, tpm=tpm, max_retries=max_retries, timeout=timeout,
-                          dry_run=dry_run, price_in=price_in, price_out=price_out, progress=progress)
-    _check_out(out)
+    opts = o.ModelOptions.from_params(locals())
+    check_out(out)
     prompts = Prompts(prompts_dir)
     sizes = {"per_character": queries_per_character, "share": out_of_scope_share, "seed": seed}
     try:
@@ -91,26 +89,23 @@ def ditto_command(
         # Placeholder queries are short: count the real query text they stand for.
         placeholder_calls = answers_plan.notes.get("placeholder_characters", 0) * queries_per_character
         answers_estimate.prompt_tokens += placeholder_calls * ditto.QUERY_TOKENS_ESTIMATE
-        _estimate_table([estimate(queries_plan, out), answers_estimate], opts)
+        estimate_table([estimate(queries_plan, out), answers_estimate], opts)
         return
 
     async def go() -> None:
-        chat_model = opts.build()
         extra = {"characters": str(characters), "seed": seed, "queries_per_character": queries_per_character,
                  "out_of_scope_share": out_of_scope_share}
-        try:
-            await _run(queries_plan, chat_model, out, opts, extra)
+        async with model_session(opts) as chat_model:
+            await run_plan(queries_plan, chat_model, out, opts, extra)
             plan = _answers_plan(cast, out, prompts, model=model, temperature=temperature, max_tokens=max_tokens,
                                  placeholders=False, **sizes)
             if not plan.notes["characters_with_queries"]:
                 raise fail("no character's queries were written, so there is nothing to answer; see failures.jsonl")
-            await _run(plan, chat_model, out, opts, extra)
+            await run_plan(plan, chat_model, out, opts, extra)
             if plan.notes["characters_without_queries"]:
                 console.print(f"  {plan.notes['characters_without_queries']:,} characters have no queries yet "
                               "(their ditto_queries task failed); run the same command again to retry them.",
                               highlight=False)
-        finally:
-            await chat_model.aclose()
 
     run_async(go(), resume_hint=command_line())
     console.print(f"Next: opencharacter stats {out}  ·  opencharacter export {out} --format messages --out {out}/train.jsonl",

@@ -8,17 +8,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.panel import Panel
-from rich.table import Table
 
 from opencharacter.cli import options as o
 from opencharacter.cli.common import command_line, console, fail, run_async
-from opencharacter.engine.runner import StageStats
+from opencharacter.cli.stages import DATA_PANEL, OutOpt, check_out, estimate_table, model_session, run_plan
 from opencharacter.io.readers import InputError
-from opencharacter.llm.base import ChatModel
 from opencharacter.pipelines import plans
 from opencharacter.pipelines.dialogues import load_characters
-from opencharacter.pipelines.stage import FAILURES_FILE, StagePlan, estimate, execute
+from opencharacter.pipelines.stage import StagePlan, estimate
 from opencharacter.prompts import Prompts
 from opencharacter.records import DialogueStrategy
 
@@ -26,8 +23,7 @@ EXAMPLES = Path(str(files("opencharacter") / "examples"))
 # The built-in example runs in-process, so it needs no server and no key.
 EXAMPLE_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
 
-D = "Data"
-OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Run folder: characters.jsonl, dialogues.jsonl, failures.jsonl, run.json.", rich_help_panel=D)]
+D = DATA_PANEL
 PromptsOpt = Annotated[Path | None, typer.Option("--prompts", help="Folder of Jinja2 templates overriding the built-in ones (profile.j2, generate.j2, rewrite.j2, system.j2).", rich_help_panel=D)]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for pairing and for --sample.", rich_help_panel=D)]
 LimitOpt = Annotated[int | None, typer.Option("--limit", min=1, help="Use only the first N unique personas.", rich_help_panel=D)]
@@ -48,38 +44,6 @@ StrategyOpt = Annotated[Strategy, typer.Option("--strategy", help="generate (Ope
 PerQuestionOpt = Annotated[int, typer.Option("--characters-per-question", "-k", min=1, help="Distinct characters paired with each question (balanced, seeded).", rich_help_panel=D)]
 
 
-def _estimate_table(estimates: list, opts: o.ModelOptions) -> None:
-    settings = opts.engine_settings()
-    table = Table(title="Dry run: nothing was sent to a model", title_justify="left")
-    for column in ("stage", "calls", "already done", "prompt tokens (est.)", "completion tokens (≤)", "cost USD (≤)"):
-        table.add_column(column, justify="right" if column != "stage" else "left")
-    for e in estimates:
-        table.add_row(e.stage, f"{e.calls:,}", f"{e.already_done:,}", f"{e.prompt_tokens:,}",
-                      f"{e.max_completion_tokens:,}", f"{e.cost(settings):,.4f}")
-    console.print(table)
-    if not (opts.price_in or opts.price_out):
-        console.print("Pass --price-in and --price-out (USD per million tokens) to see a cost.")
-    for e in estimates:
-        if e.first_prompt:
-            console.print(Panel(e.first_prompt, title=f"first {e.stage} prompt", expand=False), highlight=False)
-
-
-def _summary(stats: StageStats, plan: StagePlan, run_dir: Path) -> None:
-    tokens = stats.usage.total_tokens
-    console.print(
-        f"[bold green]{stats.stage}[/]: {stats.succeeded:,} written, {stats.already_done:,} already done, "
-        f"{stats.failed:,} failed · {stats.requests:,} requests · {tokens:,} tokens · ${stats.cost:,.4f} · "
-        f"{stats.elapsed:,.1f}s → {run_dir / plan.results_file}", highlight=False,
-    )
-    if stats.failed:
-        reasons = ", ".join(f"{k}: {v}" for k, v in stats.failures_by_reason.most_common())
-        console.print(f"  [yellow]failures[/] ({reasons}): see {run_dir / FAILURES_FILE}; "
-                      "run the same command again to retry them.", highlight=False)
-    for key, label in (("duplicates_dropped", "duplicate inputs dropped"), ("without_answer", "questions without an answer skipped (rewrite needs one)")):
-        if plan.notes.get(key):
-            console.print(f"  {plan.notes[key]:,} {label}", highlight=False)
-
-
 def _example_model_options(params: dict, example: bool) -> o.ModelOptions:
     """--example defaults to the in-process example model; otherwise --model is required."""
     model, backend, base_url = params["model"], params["backend"], params["base_url"]
@@ -90,17 +54,6 @@ def _example_model_options(params: dict, example: bool) -> o.ModelOptions:
     if backend is None:
         backend = "transformers" if example and base_url is None else "openai"
     return o.ModelOptions.from_params(params, model=model, backend=backend)
-
-
-async def _run(plan: StagePlan, model: ChatModel, run_dir: Path, opts: o.ModelOptions, extra: dict) -> StageStats:
-    stats = await execute(plan, model, run_dir, opts.engine_settings(), {**opts.as_settings(), **extra}, opts.progress)
-    _summary(stats, plan, run_dir)
-    return stats
-
-
-def _check_out(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise fail(f"--out {out} exists and is not a folder")
 
 
 def profiles_command(
@@ -134,7 +87,7 @@ def profiles_command(
     Example: opencharacter profiles --personas personas.jsonl --out runs/demo --model gpt-4o-mini --limit 100
     """
     opts = o.ModelOptions.from_params(locals())
-    _check_out(out)
+    check_out(out)
     prompts = Prompts(prompts_dir)
     try:
         plan = plans.profiles_plan(personas, prompts, model_name=model, temperature=temperature, max_tokens=max_tokens,
@@ -142,15 +95,12 @@ def profiles_command(
     except InputError as exc:
         raise fail(str(exc)) from None
     if dry_run:
-        _estimate_table([estimate(plan, out)], opts)
+        estimate_table([estimate(plan, out)], opts)
         return
 
     async def go() -> None:
-        chat_model = opts.build()
-        try:
-            await _run(plan, chat_model, out, opts, {"seed": seed})
-        finally:
-            await chat_model.aclose()
+        async with model_session(opts) as chat_model:
+            await run_plan(plan, chat_model, out, opts, {"seed": seed})
 
     run_async(go(), resume_hint=command_line())
 
@@ -187,7 +137,7 @@ def dialogues_command(
     Example: opencharacter dialogues --characters runs/demo/characters.jsonl --questions alpaca.jsonl --strategy generate --out runs/demo --model gpt-4o-mini
     """
     opts = o.ModelOptions.from_params(locals())
-    _check_out(out)
+    check_out(out)
     prompts = Prompts(prompts_dir)
     try:
         plan = plans.dialogues_plan(questions, load_characters(characters), DialogueStrategy(strategy.value), prompts, model_name=model,
@@ -196,15 +146,12 @@ def dialogues_command(
     except (InputError, ValueError) as exc:
         raise fail(str(exc)) from None
     if dry_run:
-        _estimate_table([estimate(plan, out)], opts)
+        estimate_table([estimate(plan, out)], opts)
         return
 
     async def go() -> None:
-        chat_model = opts.build()
-        try:
-            await _run(plan, chat_model, out, opts, {"characters": str(characters)})
-        finally:
-            await chat_model.aclose()
+        async with model_session(opts) as chat_model:
+            await run_plan(plan, chat_model, out, opts, {"characters": str(characters)})
 
     run_async(go(), resume_hint=command_line())
 
@@ -252,7 +199,7 @@ def synth_command(
     if not personas or not questions:
         raise fail("--personas and --questions are required (or --example)")
     opts = _example_model_options(locals(), example)
-    _check_out(out)
+    check_out(out)
     prompts = Prompts(prompts_dir)
 
     def dialogues_for(characters: list) -> StagePlan:
@@ -273,14 +220,13 @@ def synth_command(
         dialogue_estimate = estimate(dialogue_plan, out if characters else None)
         if not characters:  # placeholder profiles are short: count the real profile text they stand for
             dialogue_estimate.prompt_tokens += dialogue_estimate.calls * plans.PROFILE_TOKENS_ESTIMATE
-        _estimate_table([estimate(profile_plan, out), dialogue_estimate], opts)
+        estimate_table([estimate(profile_plan, out), dialogue_estimate], opts)
         return
 
     async def go() -> None:
-        chat_model = opts.build()
         extra = {"seed": seed, "example": example}
-        try:
-            await _run(profile_plan, chat_model, out, opts, extra)
+        async with model_session(opts) as chat_model:
+            await run_plan(profile_plan, chat_model, out, opts, extra)
             written = load_characters(out / profile_plan.results_file)
             if not written:
                 raise fail("no character profile was written, so there is nothing to pair questions with; see failures.jsonl")
@@ -288,9 +234,7 @@ def synth_command(
                 plan = dialogues_for(written)
             except ValueError as exc:
                 raise fail(str(exc)) from None
-            await _run(plan, chat_model, out, opts, extra)
-        finally:
-            await chat_model.aclose()
+            await run_plan(plan, chat_model, out, opts, extra)
 
     run_async(go(), resume_hint=command_line())
     console.print(f"Next: opencharacter stats {out}  ·  opencharacter export {out} --format messages --out {out}/train.jsonl", highlight=False)

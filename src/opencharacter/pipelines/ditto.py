@@ -23,12 +23,12 @@ from typing import Annotated, Any
 
 from pydantic import AliasChoices, BaseModel, BeforeValidator, Field, TypeAdapter, ValidationError
 
-from opencharacter.engine.runner import InvalidOutput, ParseFn, Task
+from opencharacter.engine.runner import InvalidOutput, Task
 from opencharacter.io.readers import InputError
 from opencharacter.llm.base import ChatRequest, Completion
 from opencharacter.pipelines import dialogues
 from opencharacter.pipelines.stage import StagePlan
-from opencharacter.prompts import Prompts, build_system_prompt
+from opencharacter.prompts import Prompts
 from opencharacter.records import (
     Character,
     DialogueStrategy,
@@ -265,7 +265,7 @@ def dialogues_plan(characters: list[Character], query_records: dict[str, QueryRe
 
     return StagePlan(
         name=DIALOGUES_STAGE, results_file=DIALOGUES_FILE, id_field=DIALOGUES_ID_FIELD, tasks=tasks,
-        parse=make_answer_parser(characters, prompts, model_name), total=total,
+        parse=dialogues.make_parser(characters, STRATEGY, prompts, model_name), total=total,
         notes={"characters": len(characters), "characters_with_queries": len(pairs),
                "characters_without_queries": len(characters) - len(pairs), "queries": total,
                "out_of_scope_queries": sum(q.kind is QueryKind.OUT_OF_SCOPE for _, r in pairs for q in r.queries),
@@ -273,36 +273,3 @@ def dialogues_plan(characters: list[Character], query_records: dict[str, QueryRe
     )
 
 
-def make_answer_parser(characters: list[Character], prompts: Prompts, model_name: str) -> ParseFn:
-    """Answer → a `Dialogue` record whose `messages` are what the fine-tuned model will be served."""
-    by_id = {c.character_id: c for c in characters}
-    system_prompts: dict[str, str] = {}  # rendered once per character, not once per query
-
-    def parse(task: Task, completion: Completion) -> dict[str, Any]:
-        answer = dialogues.clean_answer(completion.text)
-        if not answer:
-            raise InvalidOutput("empty answer")
-        character_id = task.meta["character_id"]
-        system = system_prompts.get(character_id)
-        if system is None:
-            character = by_id[character_id]
-            system = system_prompts[character_id] = build_system_prompt(character.persona, character.character, prompts)
-        return {  # the field order of `Dialogue`, id first (see dialogues.make_parser)
-            "dialogue_id": task.task_id,
-            "character_id": character_id,
-            "question_id": task.meta["question_id"],
-            "question": task.meta["question"],
-            "question_source": task.meta["question_source"],
-            "character_answer": answer,
-            "strategy": STRATEGY.value,
-            "messages": [
-                {"role": "system", "content": system},
-                {"role": "user", "content": task.meta["question"]},
-                {"role": "assistant", "content": answer},
-            ],
-            "model": completion.model or model_name,
-            "usage": {"prompt_tokens": completion.usage.prompt_tokens,
-                      "completion_tokens": completion.usage.completion_tokens},
-        }
-
-    return parse

@@ -30,8 +30,8 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "personagym"
 def serve(latency: float) -> None:
     import asyncio
 
-    from opencharacter.eval.fake_judge import make_eval_responder
     from opencharacter.testing import FakeOpenAIServer
+    from opencharacter.testing.eval_responder import make_eval_responder
 
     async def main() -> None:
         server = FakeOpenAIServer(make_eval_responder(), latency=latency, record_requests=False)

@@ -12,10 +12,10 @@ from typer.testing import CliRunner
 
 from opencharacter.cli import app
 from opencharacter.engine.store import iter_jsonl
-from opencharacter.eval.fake_judge import kind_of, make_eval_responder
 from opencharacter.eval.personagym import TASKS, load_benchmark
 from opencharacter.io.readers import InputError
 from opencharacter.testing import FakeOpenAIServer
+from opencharacter.testing.eval_responder import kind_of, make_eval_responder
 
 runner = CliRunner()
 

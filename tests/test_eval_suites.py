@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 
 from opencharacter.cli import app
 from opencharacter.engine.store import iter_jsonl
-from opencharacter.eval.fake_judge import kind_of, make_eval_responder
 from opencharacter.eval.rolebench import rouge_l, rouge_scorer
 from opencharacter.testing import FakeOpenAIServer
+from opencharacter.testing.eval_responder import kind_of, make_eval_responder
 
 runner = CliRunner()
 

@@ -216,3 +216,19 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(personas: Path, tmp_path: P
     manifest = json.loads((out / "run.json").read_text())
     assert manifest["stages"]["profiles"]["status"] == "interrupted"
     assert manifest["stages"]["profiles"]["records"] >= 2
+
+
+def test_example_runs_in_process_and_an_unusable_model_is_reported_not_hidden(tiny_llama: Path, tmp_path: Path) -> None:
+    """The built-in example through the transformers backend: a random tiny model writes no valid
+    profile, so every persona ends as a failure record and the command says so (exit 1)."""
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["synth", "--example", "--model", str(tiny_llama), "--out", str(out),
+                                 "--max-tokens", "8", "--max-retries", "0", "--no-progress"])
+    assert result.exit_code == 1
+    assert "no character profile was written" in " ".join(result.output.split())
+    failures = list(iter_jsonl(out / "failures.jsonl"))
+    assert len(failures) == 10 and {f["stage"] for f in failures} == {"profiles"}
+    assert {f["reason"] for f in failures} <= {"invalid_output", "truncated"}
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["stages"]["profiles"]["failed_now"] == 10
+    assert manifest["stages"]["profiles"]["settings"]["backend"] == "transformers"

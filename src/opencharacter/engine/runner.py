@@ -30,6 +30,7 @@ from opencharacter.llm.base import (
     TransientError,
     Usage,
 )
+from opencharacter.records import Failure
 
 
 @dataclass
@@ -179,10 +180,9 @@ class _Run:
         return dataclasses.replace(request, temperature=self.settings.resample_temperature)
 
     def _fail(self, task: Task, reason: str, error: str, attempts: int) -> None:
-        self.failures.append({
-            "task_id": task.task_id, "stage": self.stats.stage, "reason": reason,
-            "error": error[:2000], "attempts": attempts, "meta": task.meta,
-        })
+        failure = Failure(task_id=task.task_id, stage=self.stats.stage, reason=reason, error=error[:2000],
+                          attempts=attempts, meta=task.meta)
+        self.failures.append(failure.model_dump())
         self.stats.failed += 1
         self.stats.failures_by_reason[reason] += 1
         self.progress.task_done(failed=True)

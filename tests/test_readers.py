@@ -85,3 +85,9 @@ def test_unknown_question_format_and_empty_question(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "q.jsonl", [{"instruction": "  ", "output": "x"}])
     with pytest.raises(InputError, match=r"q\.jsonl:1: empty question"):
         list(iter_questions(str(tmp_path / "q.jsonl")))
+
+
+def test_a_torn_last_line_says_how_to_repair_it(tmp_path: Path) -> None:
+    (tmp_path / "p.jsonl").write_text('{"persona": "ok"}\n{"persona": "cut')
+    with pytest.raises(InputError, match=r"p\.jsonl:2: invalid JSON .*last line and has no newline"):
+        list(iter_personas(str(tmp_path / "p.jsonl")))

@@ -83,7 +83,11 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
             try:
                 yield i, json.loads(line)
             except json.JSONDecodeError as exc:
-                raise InputError(str(path), i, f"invalid JSON ({exc.msg} at column {exc.colno})") from exc
+                hint = "" if line.endswith("\n") else (
+                    "; it is the last line and has no newline: a write cut off by a crash? Running the "
+                    "command that wrote the file again repairs it"
+                )
+                raise InputError(str(path), i, f"invalid JSON ({exc.msg} at column {exc.colno}){hint}") from exc
 
 
 def _iter_json(path: Path) -> Iterator[tuple[int, Any]]:

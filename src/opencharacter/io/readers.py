@@ -14,7 +14,9 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
 
 from opencharacter.records import Question, question_id_for
 
@@ -199,3 +201,27 @@ def iter_questions(src: str, *, config: str | None = None, split: str = "train")
             raise InputError(src, line, f"empty question ({fmt} format)")
         source = Path(src).stem if not is_hub_id(src) else src
         yield Question(question_id=question_id_for(question), question=question, answer=answer, source=source)
+
+
+RecordT = TypeVar("RecordT", bound=BaseModel)
+
+
+def iter_run_records(path: Path, model: type[RecordT], kind: str) -> Iterator[tuple[int, RecordT]]:
+    """Validated records of a JSONL file the pipeline wrote, with their line numbers.
+
+    A torn last line (a crash mid-write) is skipped: its task was never finished and runs again.
+    Anything else that does not fit is an `InputError` naming the file and line.
+    """
+    with path.open(encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield line_no, model.model_validate(json.loads(line))
+            except json.JSONDecodeError as exc:
+                if not line.endswith("\n"):
+                    continue
+                raise InputError(str(path), line_no, f"invalid JSON ({exc.msg})") from exc
+            except ValidationError as exc:
+                error = exc.errors()[0]
+                raise InputError(str(path), line_no, f"not a {kind} record: {error['msg']} at {error['loc']}") from exc

@@ -7,15 +7,12 @@ the training sample exactly as a trained model will be served: system prompt, qu
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import ValidationError
-
 from opencharacter.engine.runner import InvalidOutput, Task
-from opencharacter.io.readers import InputError
+from opencharacter.io.readers import InputError, iter_run_records
 from opencharacter.llm.base import ChatRequest, Completion
 from opencharacter.pipelines.pairing import pair_with_characters
 from opencharacter.prompts import Prompts, build_system_prompt
@@ -32,23 +29,12 @@ def load_characters(path: Path) -> list[Character]:
         raise InputError(str(path), None, "no such characters file (run `opencharacter profiles` first)")
     characters: list[Character] = []
     seen: set[str] = set()
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                character = Character.model_validate(json.loads(line))
-            except json.JSONDecodeError as exc:
-                if not line.endswith("\n"):
-                    continue  # a torn last line from a crash: that profile will be redone
-                raise InputError(str(path), line_no, f"invalid JSON ({exc.msg})") from exc
-            except ValidationError as exc:
-                raise InputError(str(path), line_no, f"not a character record: {exc.errors()[0]['msg']} at {exc.errors()[0]['loc']}") from exc
-            if not character.character.strip():
-                raise InputError(str(path), line_no, "empty character profile")
-            if character.character_id not in seen:
-                seen.add(character.character_id)
-                characters.append(character)
+    for line_no, character in iter_run_records(path, Character, "character"):
+        if not character.character.strip():
+            raise InputError(str(path), line_no, "empty character profile")
+        if character.character_id not in seen:
+            seen.add(character.character_id)
+            characters.append(character)
     return characters
 
 

@@ -24,7 +24,7 @@ from typing import Annotated, Any
 from pydantic import AliasChoices, BaseModel, BeforeValidator, Field, TypeAdapter, ValidationError
 
 from opencharacter.engine.runner import InvalidOutput, Task
-from opencharacter.io.readers import InputError
+from opencharacter.io.readers import iter_run_records
 from opencharacter.llm.base import ChatRequest, Completion
 from opencharacter.pipelines import dialogues
 from opencharacter.pipelines.stage import StagePlan
@@ -206,20 +206,8 @@ def load_query_records(path: Path) -> dict[str, QueryRecord]:
     records: dict[str, QueryRecord] = {}
     if not path.exists():
         return records
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = QueryRecord.model_validate(json.loads(line))
-            except json.JSONDecodeError as exc:
-                if not line.endswith("\n"):
-                    continue  # a torn last line from a crash: that character's queries are redone
-                raise InputError(str(path), line_no, f"invalid JSON ({exc.msg})") from exc
-            except ValidationError as exc:
-                error = exc.errors()[0]
-                raise InputError(str(path), line_no, f"not a ditto query record: {error['msg']} at {error['loc']}") from exc
-            records.setdefault(record.character_id, record)
+    for _, record in iter_run_records(path, QueryRecord, "ditto query"):
+        records.setdefault(record.character_id, record)
     return records
 
 

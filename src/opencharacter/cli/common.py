@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from opencharacter.io.readers import InputError
 from opencharacter.llm.base import FatalError
@@ -19,7 +20,8 @@ console = Console(stderr=True)
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)  # paths stay copyable
+    # Messages are text, not markup: "pip install 'opencharacter[local]'" must keep its brackets.
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)  # paths stay copyable
     return typer.Exit(code)
 
 
@@ -41,7 +43,7 @@ def run_async(coro: Coroutine[Any, Any, T], resume_hint: str | None = None) -> T
     except asyncio.CancelledError:
         console.print("\n[yellow]Interrupted.[/] Finished work is saved.")
         if resume_hint:
-            console.print(f"Resume with the same command: [bold]{resume_hint}[/]", highlight=False)
+            console.print(f"Resume with the same command: [bold]{escape(resume_hint)}[/]", highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
     except (FatalError, InputError, FileNotFoundError) as exc:
         raise fail(str(exc)) from None

@@ -277,8 +277,19 @@ def lora_config(config: TrainConfig) -> Any:
 # The run
 
 
+def check_training_packages() -> None:
+    """Training needs the `train` extra; say so before anything else fails on a missing import."""
+    import importlib.util
+
+    missing = [name for name in ("torch", "transformers", "trl", "peft", "datasets") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise TrainError(f"training needs {', '.join(missing)}: pip install 'opencharacter[train]' "
+                         "(on a CPU-only machine install torch==2.13.0 first, or your own torch build)")
+
+
 def train(config: TrainConfig, command: str = "") -> TrainResult:
     """Fine-tune `config.base_model` on `config.data` into `config.out`; see `TrainConfig`."""
+    check_training_packages()
     config.validate()
     out = Path(config.out).expanduser()
     resume_from = check_output_folder(out, config.resume)

@@ -17,7 +17,7 @@ from opencharacter.cli import app
 from opencharacter.engine.store import iter_jsonl
 from opencharacter.prompts import Prompts
 from opencharacter.records import Character, Dialogue, Profile
-from opencharacter.testing import FakeOpenAIServer, request_key
+from opencharacter.testing import FakeOpenAIServer, Fault, request_key
 
 runner = CliRunner()
 SECRET = "sk-test-secret-never-written"
@@ -232,3 +232,27 @@ def test_example_runs_in_process_and_an_unusable_model_is_reported_not_hidden(ti
     manifest = json.loads((out / "run.json").read_text())
     assert manifest["stages"]["profiles"]["failed_now"] == 10
     assert manifest["stages"]["profiles"]["settings"]["backend"] == "transformers"
+
+
+def test_resume_after_failed_profiles_keeps_the_dialogues_already_paid_for(tmp_path: Path) -> None:
+    """Run 1: one profile fails, dialogues are paired among the rest. Run 2 writes that profile; the
+    new deal differs, but each question keeps the characters that answered it: no second set."""
+    personas = tmp_path / "p.jsonl"
+    personas.write_text("".join(json.dumps({"persona": f"A lighthouse keeper number {i}"}) + "\n" for i in range(5)))
+    questions = tmp_path / "q.jsonl"
+    questions.write_text("".join(json.dumps({"instruction": f"Question {i}?", "output": "A."}) + "\n" for i in range(6)))
+    out = tmp_path / "run"
+    args = ("synth", "--personas", str(personas), "--questions", str(questions), "--out", str(out), "--model", "m",
+            "-k", "2", "--max-retries", "0")
+    failing = request_key([{"role": "user", "content": Prompts().render("profile", persona="A lighthouse keeper number 4")}])
+    with FakeOpenAIServer() as server:
+        server.fail_key(failing, Fault.bad_request("refused"))
+        assert invoke(*args, "--base-url", server.base_url).exit_code == 0
+        first = {d["dialogue_id"] for d in iter_jsonl(out / "dialogues.jsonl")}
+        assert len(first) == 12 and len(list(iter_jsonl(out / "characters.jsonl"))) == 4
+        server.reset()
+        result = invoke(*args, "--base-url", server.base_url)
+        assert result.exit_code == 0, result.output
+        assert server.request_count == 1  # the missing profile, and nothing else
+    assert len(list(iter_jsonl(out / "characters.jsonl"))) == 5
+    assert {d["dialogue_id"] for d in iter_jsonl(out / "dialogues.jsonl")} == first

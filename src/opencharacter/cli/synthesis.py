@@ -142,7 +142,8 @@ def dialogues_command(
     try:
         plan = plans.dialogues_plan(questions, load_characters(characters), DialogueStrategy(strategy.value), prompts, model_name=model,
                                     temperature=temperature, max_tokens=max_tokens,
-                                    per_question=characters_per_question, seed=seed, config=questions_config, split=split)
+                                    per_question=characters_per_question, seed=seed, config=questions_config, split=split,
+                                    run_dir=out)
     except (InputError, ValueError) as exc:
         raise fail(str(exc)) from None
     if dry_run:
@@ -205,7 +206,7 @@ def synth_command(
     def dialogues_for(characters: list) -> StagePlan:
         return plans.dialogues_plan(questions, characters, DialogueStrategy(strategy.value), prompts, model_name=opts.model,
                                     temperature=temperature, max_tokens=max_tokens, per_question=characters_per_question,
-                                    seed=seed, config=questions_config, split=split)
+                                    seed=seed, config=questions_config, split=split, run_dir=out)
 
     try:
         profile_plan = plans.profiles_plan(personas, prompts, model_name=opts.model, temperature=temperature,

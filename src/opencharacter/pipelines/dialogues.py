@@ -7,6 +7,7 @@ the training sample exactly as a trained model will be served: system prompt, qu
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,24 @@ def usable_questions(questions: Iterable[Question], strategy: DialogueStrategy, 
         yield question
 
 
+def existing_pairs(path: Path, strategy: DialogueStrategy) -> dict[str, set[str]]:
+    """Question id → ids of the characters that already answered it with `strategy` in `path`.
+
+    Read from each line's prefix (records start with dialogue_id, character_id, question_id), so a
+    300k-line file costs seconds, not a full JSON parse.
+    """
+    pairs: dict[str, set[str]] = {}
+    if not path.exists():
+        return pairs
+    prefix = re.compile(r'^\{"dialogue_id":\s*"([^"]+)",\s*"character_id":\s*"([^"]+)",\s*"question_id":\s*"([^"]+)"')
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            match = prefix.match(line)
+            if match and match.group(1) == dialogue_id_for(match.group(2), match.group(3), strategy.value):
+                pairs.setdefault(match.group(3), set()).add(match.group(2))
+    return pairs
+
+
 def build_tasks(
     questions: Iterable[Question],
     characters: list[Character],
@@ -69,11 +88,22 @@ def build_tasks(
     seed: int,
     temperature: float,
     max_tokens: int,
+    existing: dict[str, set[str]] | None = None,
 ) -> Iterator[Task]:
+    """Tasks for every (question, character) pair; `existing` pairs count towards each question's k.
+
+    With the same characters a resume deals the same pairs, so `existing` changes nothing. When the
+    characters changed (say profiles that failed were written on a second run), the new deal would
+    differ for most questions: a question keeps the characters that already answered it, and only
+    its missing slots are filled from the deal, instead of paying for a second set of dialogues.
+    """
     by_id = {c.character_id: c for c in characters}
+    existing = existing or {}
     template = strategy.value
-    for question, character_ids in pair_with_characters(questions, list(by_id), per_question, seed):
-        for character_id in character_ids:
+    for question, dealt in pair_with_characters(questions, list(by_id), per_question, seed):
+        have = [c for c in existing.get(question.question_id, ()) if c in by_id]
+        fill = [c for c in dealt if c not in have][: max(0, per_question - len(have))]
+        for character_id in (dealt if not have else sorted(have) + fill):
             character = by_id[character_id]
             prompt = prompts.render(
                 template, persona=character.persona, character=character.character,

@@ -49,17 +49,19 @@ def profiles_plan(src: str, prompts: Prompts, *, model_name: str, temperature: f
 
 def dialogues_plan(questions_src: str, characters: list[Character], strategy: DialogueStrategy, prompts: Prompts, *,
                    model_name: str, temperature: float, max_tokens: int, per_question: int = 3, seed: int = 0,
-                   config: str | None = None, split: str = "train") -> StagePlan:
+                   config: str | None = None, split: str = "train", run_dir: Path | None = None) -> StagePlan:
+    """The dialogues stage; `run_dir` holds dialogues already written, which keep their pairs."""
     counter = dialogues.QuestionCounter()
     n_questions = sum(1 for _ in dialogues.usable_questions(iter_questions(questions_src, config=config, split=split), strategy, counter))
     if len(characters) < per_question:
         raise ValueError(f"--characters-per-question {per_question} needs at least {per_question} characters; there are {len(characters)}")
+    existing = dialogues.existing_pairs(run_dir / dialogues.RESULTS_FILE, strategy) if run_dir else {}
 
     def tasks() -> Iterator:
         questions = dialogues.usable_questions(iter_questions(questions_src, config=config, split=split), strategy,
                                                dialogues.QuestionCounter())
         return dialogues.build_tasks(questions, characters, strategy, prompts, per_question=per_question, seed=seed,
-                                     temperature=temperature, max_tokens=max_tokens)
+                                     temperature=temperature, max_tokens=max_tokens, existing=existing)
 
     return StagePlan(
         name=dialogues.STAGE, results_file=dialogues.RESULTS_FILE, id_field=dialogues.ID_FIELD, tasks=tasks,

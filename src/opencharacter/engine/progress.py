@@ -19,8 +19,7 @@ from rich.progress import (
 class StageProgress:
     """A rich progress bar; silent when `enabled` is False (library use, tests)."""
 
-    def __init__(self, stage: str, total: int | None, already_done: int, enabled: bool = True,
-                 console: Console | None = None) -> None:
+    def __init__(self, stage: str, total: int | None, enabled: bool = True, console: Console | None = None) -> None:
         self.enabled = enabled
         self.started = time.monotonic()
         self.requests = 0
@@ -43,9 +42,14 @@ class StageProgress:
             transient=False,
         )
         self._task: TaskID = self._progress.add_task(
-            stage, total=total, completed=already_done, failed=0, rps=0.0, tokens=0
+            stage, total=total, completed=0, failed=0, rps=0.0, tokens=0
         )
         self._progress.start()
+
+    def skip(self) -> None:
+        """A task finished by an earlier run (counted here, since results files may hold other stages' ids)."""
+        if self._progress is not None:
+            self._progress.update(self._task, advance=1)
 
     def request_done(self, tokens: int) -> None:
         self.requests += 1

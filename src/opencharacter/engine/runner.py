@@ -218,6 +218,7 @@ async def run_stage(
         for task in tasks:
             if task.task_id in done:
                 stats.already_done += 1
+                bar.skip()
                 continue
             if task.task_id in seen:  # the same task twice in one input: run it once
                 continue
@@ -228,7 +229,7 @@ async def run_stage(
     started = time.monotonic()
     results = JsonlAppender(results_path)
     failures = JsonlAppender(failures_path)
-    bar = StageProgress(stage, total, already_done=len(done) if total else 0, enabled=progress)
+    bar = StageProgress(stage, total, enabled=progress)
     run = _Run(model, parse, stats, settings, results, failures, bar)
     workers = [asyncio.ensure_future(run.worker(pending_iter)) for _ in range(max(1, settings.concurrency))]
     try:
